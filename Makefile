@@ -1,0 +1,86 @@
+# devbox.ops — developer entry points. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+HARNESS := $(CURDIR)/tests/harness/harness
+DEMO_INVENTORY := examples/inventory/demo.yml
+COLLECTION_LINK := .collections/ansible_collections/devbox/ops
+SANITY_ROOT := /tmp/devbox-ops-sanity
+SANITY_DIR := $(SANITY_ROOT)/ansible_collections/devbox/ops
+PM2_VERSION := 7.0.4
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PATH := $(BIN):$(PATH)
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(BIN)/ansible-playbook: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+.PHONY: venv
+venv: $(BIN)/ansible-playbook $(COLLECTION_LINK) ## controller tools in .venv (pinned)
+
+$(COLLECTION_LINK):
+	mkdir -p $(dir $@)
+	ln -sfn ../../.. $@
+
+.PHONY: system-deps
+system-deps: ## machine packages the demo and tests need (root: apt + npm)
+	./.ci/system-deps
+
+.PHONY: demo
+demo: venv ## one simulated devbox, both example apps deployed, status table
+	$(HARNESS) up 1
+	$(BIN)/ansible-playbook -i $(DEMO_INVENTORY) playbooks/site.yml
+	$(BIN)/ansible-playbook -i $(DEMO_INVENTORY) playbooks/status.yml
+
+.PHONY: demo-down
+demo-down: ## stop the simulated devboxes
+	$(HARNESS) down
+
+.PHONY: test
+test: lint sanity docs unit integration molecule ## everything CI runs
+
+.PHONY: unit
+unit: venv ## engine and module tests (real PM2, real HTTP)
+	$(BIN)/python -m pytest tests/unit -q
+
+.PHONY: integration
+integration: venv ## playbooks over SSH against simulated devboxes
+	$(BIN)/python -m pytest tests/integration -q
+
+.PHONY: molecule
+molecule: venv ## molecule default scenario (create/converge/idempotence/verify/destroy)
+	$(BIN)/molecule test -s default
+
+.PHONY: lint
+lint: venv ## ansible-lint, production profile
+	$(BIN)/ansible-lint
+
+.PHONY: docs
+docs: venv ## every plugin renders in ansible-doc; the collection builds
+	@set -e; for m in plugins/modules/*.py; do n=$$(basename $$m .py); \
+	  $(BIN)/ansible-doc devbox.ops.$$n > /dev/null && echo "ansible-doc devbox.ops.$$n: ok"; done
+	$(BIN)/ansible-galaxy collection build --force --output-path /tmp/devbox-ops-build .
+
+.PHONY: sanity
+sanity: venv ## ansible-test sanity on a clean copy of the tracked files
+	rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_DIR)
+	git ls-files -co --exclude-standard | grep -v '^\.collections' | rsync -a --files-from=- . $(SANITY_DIR)/
+	cd $(SANITY_DIR) && git init -q && git add -A && \
+	  $(BIN)/ansible-test sanity --python 3.11 --color no $(SANITY_ARGS)
+
+.PHONY: changelog
+changelog: venv ## lint the changelog fragments
+	$(BIN)/antsibull-changelog lint
+
+.PHONY: clean
+clean: ## remove build output (not the venv)
+	rm -rf /tmp/devbox-ops-build $(SANITY_ROOT) tests/output
