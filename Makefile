@@ -74,8 +74,9 @@ docs: venv ## every plugin renders in ansible-doc; the collection builds
 sanity: venv ## ansible-test sanity on a clean copy of the tracked files
 	rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_DIR)
 	git ls-files -co --exclude-standard | grep -v '^\.collections' | rsync -a --files-from=- . $(SANITY_DIR)/
+	./.ci/ansible-test-get-pip > /dev/null
 	cd $(SANITY_DIR) && git init -q && git add -A && \
-	  $(BIN)/ansible-test sanity --python 3.11 --color no $(SANITY_ARGS)
+	  $(BIN)/ansible-test sanity --python 3.11 --color no --requirements $(SANITY_ARGS)
 
 .PHONY: changelog
 changelog: venv ## lint the changelog fragments
