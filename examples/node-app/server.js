@@ -66,7 +66,7 @@ async function readiness() {
 
 function send(res, code, body) {
   const text = typeof body === 'string' ? body + '\n' : JSON.stringify(body) + '\n';
-
+  if (shuttingDown) res.setHeader('Connection', 'close');
   res.writeHead(code, {
     'Content-Type': typeof body === 'string' ? 'text/plain; charset=utf-8' : 'application/json',
     'Content-Length': Buffer.byteLength(text),

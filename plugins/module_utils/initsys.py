@@ -164,8 +164,8 @@ def resolve(init_system, detected):
     if init_system == "cron" and not detected["cron"]:
         info.update(cron_fields("cron"))
         info["cron"] = None  # forced: no cron daemon was seen running
-    info["reason"] = "forced by init_system=%s (detected %s: %s)" % (init_system, detected["kind"],
-                                                                      detected["reason"])
+    info["reason"] = "forced by init_system=%s (detected %s: %s)" % (
+        init_system, detected["kind"], detected["reason"])
     if init_system == "none":
         info["reason"] = ("forced by init_system=none: nothing will restart the apps after a container "
                           "restart (detected %s)" % detected["kind"])

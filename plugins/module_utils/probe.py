@@ -26,6 +26,7 @@ import math
 import re
 import shlex
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -330,8 +331,9 @@ def _requests():
     try:
         import requests  # pylint: disable=import-outside-toplevel
     except ImportError:
-        raise DevboxOpsError("http probes need the Python library 'requests' on this host "
-                             "(pip install requests, or the devbox.ops base role)", param="requests")
+        raise DevboxOpsError("http probes need the Python library 'requests' on this host (%s): "
+                             "pip install requests, or run the devbox.ops base role" % sys.executable,
+                             param="requests")
     return requests
 
 
@@ -455,12 +457,15 @@ def _check_tcp(spec, _session):
 
 
 def _check_command(spec, runner):
+    started = time.monotonic()
     rc, _out, err = runner.run(spec.argv, timeout=spec.timeout)
     detail = {"rc": rc}
+    # A runner may enforce the timeout coarsely, so an attempt that outlived its timeout fails even
+    # when the command itself succeeded (Kubernetes semantics).
+    if rc == 124 or time.monotonic() - started > spec.timeout:
+        return None, detail, "timed out after %s" % _fmt_s(spec.timeout)
     if rc == 0:
         return None, detail, None
-    if rc == 124:
-        return None, detail, "timed out after %s" % _fmt_s(spec.timeout)
     err = _short(err or "")
     return None, detail, "exit status %d%s" % (rc, ": %s" % err if err else "")
 

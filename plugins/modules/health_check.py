@@ -25,7 +25,7 @@ description:
   - Probes run in parallel. The module only reads, so it never reports a change, and it runs the probes in
     check mode too.
 author:
-  - devbox.ops contributors
+  - devbox.ops contributors (@devbox-ops)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - devbox.ops.probe

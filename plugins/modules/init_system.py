@@ -25,7 +25,7 @@ description:
   - C(none) otherwise, with a warning that nothing will restart the apps, and why.
   - Runs no command and changes nothing.
 author:
-  - devbox.ops contributors
+  - devbox.ops contributors (@devbox-ops)
 options:
   init_system:
     description:
