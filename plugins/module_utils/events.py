@@ -41,7 +41,7 @@ _SECRET_PARTS = ("password", "passwd", "token", "secret", "apikey", "api_key", "
                  "authorization", "cookie", "signature")
 # ... or when one of its words is one of these (so ``key`` and ``env`` match but ``monkey`` does not).
 _SECRET_WORDS = ("key", "pwd", "pass", "auth", "sign", "env", "environment", "dsn")
-_URL_CREDS_RE = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)([^/@\s]*)@")
+_URL_CREDS_RE = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)([^/\s]*)@")
 _QUERY_PARAM_RE = re.compile(r"([?&])([^=&#\s]+)=([^&#\s]*)")
 _TOKEN_SEGMENT_LEN = 16
 
@@ -166,11 +166,10 @@ def make_event(type, target, result, actor=None, **fields):  # pylint: disable=r
     for param, value in (("target", target), ("result", result)):
         if not isinstance(value, str) or not value.strip():
             raise bad_value(param, value, "expected a non-empty string")
-    event = {"ts": iso(parse_time(fields.pop("ts"), "ts")) if fields.get("ts") else iso(utc_now()),
-             "host": fields.pop("host", None) or socket.gethostname(),
+    ts, host = fields.pop("ts", None), fields.pop("host", None)
+    event = {"ts": iso(parse_time(ts, "ts") if ts else utc_now()), "host": host or socket.gethostname(),
              "type": type, "target": target, "result": result,
              "actor": Actor.detect() if actor is None else actor}
-    fields.pop("ts", None)
     event.update(fields)
     return redact(event)
 
@@ -207,22 +206,23 @@ class EventLog:
     def append(self, event):
         """Append an already built event (redacted again on the way) in one ``write`` plus ``fsync``."""
         line = (json.dumps(redact(event), sort_keys=False, default=str) + "\n").encode("utf-8")
-        folder = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(folder):
-            os.makedirs(folder, 0o750)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, self.mode)
         try:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                line = b"\n" + line  # a crash left a torn line: never glue the new event onto it
-            written = 0
-            while written < len(line):
-                written += os.write(fd, line[written:])
-            os.fsync(fd)
-        except OSError:
-            raise
-        finally:
-            os.close(fd)
+            folder = os.path.dirname(os.path.abspath(self.path))
+            if not os.path.isdir(folder):
+                os.makedirs(folder, 0o750)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, self.mode)
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line  # a crash left a torn line: never glue the new event onto it
+                written = 0
+                while written < len(line):  # one write for any sane event; loop only on a short write
+                    written += os.write(fd, line[written:])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise bad_value("event_log", self.path, "cannot append: %s" % (exc.strerror or exc))
         return event
 
     def query(self, since=None, until=None, types=None, target=None, limit=None):
@@ -253,7 +253,9 @@ class EventLog:
                 if types and event.get("type") not in types or target is not None and event.get("target") != target:
                     continue
                 found.append(event)
-        return found[-limit:] if limit else ([] if limit == 0 else found)
+        if limit is not None:
+            found = found[max(0, len(found) - limit):]
+        return found
 
 
 # ---------------------------------------------------------------- notifiers
@@ -468,7 +470,9 @@ def _send_email(notifier, event):
     except smtplib.SMTPAuthenticationError as exc:
         return "authentication failed for user %s (%s)" % (notifier.get("username"), exc.smtp_code)
     except smtplib.SMTPNotSupportedError as exc:
-        return "server does not support %s" % ("STARTTLS" if "STARTTLS" in str(exc) else _scrub(exc, notifier))
+        text = str(exc)
+        return "server does not support %s" % ("STARTTLS" if "STARTTLS" in text else "AUTH" if "AUTH" in text
+                                               else _scrub(text, notifier))
     except smtplib.SMTPResponseException as exc:
         return "server answered %s: %s" % (exc.smtp_code, _scrub(exc.smtp_error.decode("utf-8", "replace")
                                                                    if isinstance(exc.smtp_error, bytes)

@@ -37,7 +37,7 @@ STATES = ("started", "stopped", "restarted", "reloaded", "absent")
 ACTIONS = ("start", "recreate", "reload", "restart", "scale", "stop", "delete", "none")
 PM2_DEFAULT_MIN_UPTIME_MS = 1000
 
-# field -> (kind, default). Kinds are checked by AppSpec._normalize.
+# field -> (kind, default); _normalize() checks each kind.
 FIELDS = (
     ("script", "str", None),
     ("args", "argv", None),
@@ -71,6 +71,7 @@ _JS_NUMBER = re.compile(
 )
 _CONFIG_EXTENSIONS = (".json", ".yml", ".yaml", ".config.js", ".config.cjs", ".config.mjs")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h)?\s*$")
 _MEMORY = re.compile(r"^\s*(\d+)\s*([KMG]?)B?\s*$", re.IGNORECASE)
 _UNITS_MS = {None: 1, "ms": 1, "s": 1000, "m": 60000, "h": 3600000}
@@ -501,12 +502,14 @@ class PM2Client:
         self.command_timeout = command_timeout
 
     # -- plumbing
-    def _run(self, argv, secrets=(), check=True):
+    def _run(self, argv, secrets=(), what=None):
         env = {"PM2_HOME": self.pm2_home} if self.pm2_home else {}
         rc, out, err = self.runner.run(argv, env=env, timeout=self.command_timeout)
-        if check and rc != 0:
-            detail = "\n".join(((err or "").strip() or (out or "").strip()).splitlines()[-10:])
-            raise DevboxOpsError("%s failed (rc=%s): %s" % (" ".join(argv[1:3]), rc, redact_text(detail, secrets)))
+        if rc != 0:
+            detail = _ANSI.sub("", (err or "").strip() or (out or "").strip())
+            detail = "\n".join(detail.splitlines()[-10:])
+            what = what or " ".join([os.path.basename(argv[0])] + argv[1:3])
+            raise DevboxOpsError("%s failed (rc=%s): %s" % (what, rc, redact_text(detail, secrets)))
         return out or ""
 
     def _pm2(self, *args, **kwargs):
@@ -744,7 +747,7 @@ class PM2Client:
         try:
             with os.fdopen(fd, "w") as handle:
                 json.dump({"apps": [spec.ecosystem_app()]}, handle)
-            self._pm2(verb, path, secrets=spec.secrets())
+            self._pm2(verb, path, secrets=spec.secrets(), what="pm2 %s (app %s)" % (verb, spec.name))
         finally:
             os.unlink(path)
 
@@ -791,8 +794,8 @@ class PM2Client:
             failed = [p for p in procs if p.status in ("errored", "stopped", "waiting restart")
                       or p.restarts > baseline.get(p.pm_id, p.restarts)]
             if failed:
-                raise self._crash(name, failed[0], "is %s after start" % failed[0].status
-                                  if failed[0].status != "online" else "keeps restarting", secrets)
+                why = "it keeps restarting" if failed[0].status == "online" else "status %s" % failed[0].status
+                raise self._crash(name, failed[0], "is errored after start: %s" % why, secrets)
             if procs and (instances is None or len(procs) == instances) and \
                     all(p.status == "online" and p.uptime_ms >= min_uptime_ms for p in procs):
                 return [p.info for p in procs]
@@ -811,5 +814,5 @@ class PM2Client:
             path = proc.info.get("error_file")
             tail = _tail_file(path, 15) if path else []
             if tail:
-                msg += "; last lines of %s:\n%s" % (path, "\n".join(tail))
+                msg += "; last lines of %s:\n%s" % (path, _ANSI.sub("", "\n".join(tail)))
         return DevboxOpsError(redact_text(msg, secrets), param="name", value=name)

@@ -71,7 +71,7 @@ class AnsibleRunner:
         kwargs = {"environ_update": full_env, "cwd": cwd, "data": data, "binary_data": True}
         if timeout is not None:
             # run_command has no timeout; coreutils timeout keeps it an argv list.
-            argv = ["timeout", "--kill-after=5", str(int(timeout))] + argv
+            argv = ["timeout", "--kill-after=5", "%g" % max(float(timeout), 0.001)] + argv
         try:
             rc, out, err = self.module.run_command(argv, **kwargs)
         except (OSError, IOError) as exc:

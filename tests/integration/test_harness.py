@@ -135,7 +135,7 @@ def test_devbox_has_passwordless_sudo(harness):
 def test_same_port_on_both_hosts(harness):
     pids = {}
     for host in ("devbox1", "devbox2"):
-        pids[host] = harness.sh(host, "mkdir -p /tmp/www && echo %s > /tmp/www/who && "
+        pids[host] = harness.sh(host, "mkdir -p /tmp/www; echo %s > /tmp/www/who; "
                                       "nohup python3 -m http.server 8080 --bind 0.0.0.0 --directory /tmp/www "
                                       ">/dev/null 2>&1 & echo $!" % host).strip()
 
