@@ -16,53 +16,68 @@ __metaclass__ = type
 import re
 import time
 
-try:
-    from urllib.parse import unquote
-except ImportError:  # pragma: no cover - Python 2 is not a target
-    from urllib import unquote
+from urllib.parse import unquote
 
 from ansible_collections.devbox.ops.plugins.module_utils.errors import DevboxOpsError, bad_value
 
 SCHEMES = ("mongodb://", "mongodb+srv://")
 DEFAULT_PORT = 27017
 MASK = "********"
+_HOST_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._%-]+)(:\d{1,5})?$")
 _BAD_DB_CHARS = re.compile(r'[/\\. "$\x00]')
 
 
-def parse_uri(uri):
-    """Split a MongoDB URI without pymongo: ``{scheme, hosts, srv, username, password}``.
+def _userinfo(text):
+    """``(userinfo or None, rest)``: credentials end at the last ``@`` before the query (``?``)."""
+    end = text.find("?")
+    at = text.rfind("@", 0, len(text) if end < 0 else end)
+    return (None, text) if at < 0 else (text[:at], text[at + 1:])
 
-    ``hosts`` are ``host:port`` strings (default port added, none for SRV). Everything up to the last
-    ``@`` before the host list is treated as credentials, so a malformed password is never shown.
+
+def parse_uri(uri):
+    """Split a MongoDB URI without pymongo: ``{scheme, hosts, srv, username, password, secrets}``.
+
+    ``hosts`` are ``host:port`` strings (default port added, none for SRV). ``secrets`` lists every
+    string that must never be shown (the password as written and decoded, also of malformed URIs).
     """
     if not isinstance(uri, str) or not uri.startswith(SCHEMES):
         shown = redact_uri(uri) if isinstance(uri, str) else "<%s>" % type(uri).__name__
         raise bad_value("uri", shown, "expected a mongodb:// or mongodb+srv:// URI")
     scheme, _, rest = uri.partition("://")
+    userinfo, after = _userinfo(rest)
     username = password = None
-    head = re.split(r"[/?]", rest.rpartition("@")[2], 1)[0]
-    if "@" in rest:
-        userinfo = rest[:len(rest) - len(rest.rpartition("@")[2]) - 1]
+    if userinfo is not None:
         user, colon, secret = userinfo.partition(":")
         username, password = unquote(user), (unquote(secret) if colon else None)
+    # A malformed URI may hide its password behind a '?'; keep that candidate secret too.
+    secrets = set([password, userinfo.partition(":")[2] if userinfo else None,
+                   rest.rpartition("@")[0].partition(":")[2] if "@" in rest else None])
     srv = scheme == "mongodb+srv"
     hosts = []
-    for host in head.split(","):
+    for host in re.split(r"[/?]", after, 1)[0].split(","):
         host = host.strip()
         if not host:
             continue
-        has_port = re.search(r":\d+$", host) and (not host.startswith("[") or "]:" in host)
-        hosts.append(host if srv or has_port else "%s:%d" % (host, DEFAULT_PORT))
+        match = _HOST_RE.match(host)
+        if not match:
+            raise bad_value("uri", redact_uri(uri), "malformed host list (escape special characters of the "
+                                                     "user and password with %XX)")
+        socket_path = host.endswith(".sock")
+        hosts.append(host if srv or match.group(2) or socket_path else "%s:%d" % (host, DEFAULT_PORT))
     if not hosts:
         raise bad_value("uri", redact_uri(uri), "no host in the URI")
-    return {"scheme": scheme, "hosts": hosts, "srv": srv, "username": username, "password": password}
+    return {"scheme": scheme, "hosts": hosts, "srv": srv, "username": username, "password": password,
+            "secrets": sorted((s for s in secrets if s), key=len, reverse=True)}
 
 
 def redact_uri(uri):
-    """The URI with its password (everything after ``user:`` up to the last ``@``) masked."""
+    """The URI with its password masked (everything after ``user:`` up to the last ``@``: errs on the
+    side of hiding too much when a URI is malformed)."""
     scheme, sep, rest = str(uri).partition("://")
-    if not sep or "@" not in rest:
-        return str(uri) if sep else MASK
+    if not sep:
+        return MASK
+    if "@" not in rest:
+        return str(uri)
     userinfo, _, tail = rest.rpartition("@")
     user = userinfo.partition(":")[0]
     return "%s://%s%s@%s" % (scheme, user, ":" + MASK if ":" in userinfo else "", tail)
@@ -84,11 +99,8 @@ def _pymongo():
 
 def _scrub(text, parsed):
     text = str(text)
-    for secret in (parsed["password"],):
-        if secret:
-            from_uri = secret.replace("%", "%25")
-            for form in sorted({secret, from_uri}, key=len, reverse=True):
-                text = text.replace(form, MASK)
+    for secret in parsed["secrets"]:
+        text = text.replace(secret, MASK)
     return text
 
 

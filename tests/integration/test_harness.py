@@ -297,7 +297,7 @@ def test_down_removes_what_it_made_and_only_that(harness):
     subprocess.run(["ip", "netns", "add", foreign], check=True)
     try:
         out = harness.ok("down")
-        assert out.splitlines()[:3] == ["devbox1: removed", "devbox2: removed", "devbox3: removed"]
+        assert out.splitlines()[:3] == ["devbox%d: stopped and removed" % i for i in (1, 2, 3)]
         names = netns_names()
         assert foreign in names
         assert not [n for n in names if n in ("dbx-devbox1", "dbx-devbox2", "dbx-devbox3")]
