@@ -40,6 +40,7 @@ import sqlite3
 import stat
 import tempfile
 import time
+from urllib.parse import quote, unquote, urlsplit
 
 from ansible_collections.devbox.ops.plugins.module_utils.errors import DevboxOpsError, bad_value
 from ansible_collections.devbox.ops.plugins.module_utils.probe import redact_url
@@ -116,7 +117,6 @@ def _blocks(size, block):
 
 
 def _sqlite_uri(path, readonly):
-    from urllib.parse import quote
     return "file:%s%s" % (quote(os.path.abspath(path)), "?mode=ro" if readonly else "")
 
 
@@ -143,6 +143,11 @@ def _is_sqlite(path):
 def _inside(path, parent):
     path, parent = os.path.realpath(path), os.path.realpath(parent)
     return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
+
+
+def _key(entry, rel):
+    """Manifest path of ``rel`` inside entry ``name``: ``data/<name>[/<rel>]``."""
+    return "/".join(p for p in (DATA, entry["name"], rel) if p)
 
 
 def _safe_rel(rel):
@@ -309,8 +314,7 @@ class BackupStore:
 
     @staticmethod
     def _walk(path):
-        """Yield (rel, stat) for a tree or a single file; rel is '' for the top (symlinks followed there
-        only)."""
+        """Yield (rel, stat) for a tree or a single file; rel is '' for the top, the only symlink followed."""
         st = os.stat(path)
         yield "", st
         if stat.S_ISDIR(st.st_mode):
@@ -330,27 +334,34 @@ class BackupStore:
                 and prev["mode"] == "%04o" % stat.S_IMODE(st.st_mode))
 
     def estimate(self, entries, previous):
-        """Bytes a create needs: files that cannot be hardlinked, sqlite copies, the manifest."""
+        """What a create will likely do, judged by size, mtime and mode against ``previous``:
+        ``{needed: bytes (files that cannot be hardlinked, sqlite copies, the manifest), files, hardlinked}``.
+        """
         block = os.statvfs(self._existing_parent()).f_frsize or 4096
         prev_files = self._prev_files(previous)
-        needed, count = block * 4, 0
+        needed, count, files, linked = block * 4, 0, 0, 0
         for entry in entries:
             if entry["kind"] == "mongodb":
-                continue  # unknown until mongodump runs; a full disk is still caught (ENOSPC)
+                files += 1  # its size is unknown until mongodump runs; a full disk is still caught (ENOSPC)
+                continue
             if entry["kind"] == "sqlite":
                 wal = entry["path"] + "-wal"
                 size = os.path.getsize(entry["path"]) + (os.path.getsize(wal) if os.path.exists(wal) else 0)
                 needed += _blocks(size, block)
-                count += 1
+                count, files = count + 1, files + 1
                 continue
             for rel, st in self._walk(entry["path"]):
                 count += 1
-                key = "/".join(p for p in (DATA, entry["name"], rel) if p)
-                if stat.S_ISREG(st.st_mode) and not self._same_meta(prev_files.get(key), st):
-                    needed += _blocks(st.st_size, block)
-                elif not stat.S_ISREG(st.st_mode):
-                    needed += block if stat.S_ISDIR(st.st_mode) else 0
-        return needed + _blocks(count * MANIFEST_BYTES_PER_FILE, block)
+                if stat.S_ISDIR(st.st_mode):
+                    needed += block
+                elif stat.S_ISREG(st.st_mode):
+                    files += 1
+                    if self._same_meta(prev_files.get(_key(entry, rel)), st):
+                        linked += 1
+                    else:
+                        needed += _blocks(st.st_size, block)
+        return {"needed": needed + _blocks(count * MANIFEST_BYTES_PER_FILE, block), "files": files,
+                "hardlinked": linked}
 
     def _existing_parent(self):
         path = self.root
@@ -395,13 +406,16 @@ class BackupStore:
             raise bad_value("min_free_bytes", min_free_bytes, "must be an integer >= 0")
         entries, skipped = self._entries(paths, mongodb_uri)
         if dry_run:
-            previous, needed = self._previous(entries, hardlink_from_previous, min_free_bytes)
-            return self._plan(entries, previous, skipped, needed, time.time(), label)
+            guess = self._previous(entries, hardlink_from_previous, min_free_bytes)[1]
+            return {"id": self._new_id(label, time.time()), "label": label, "path": None, "files": guess["files"],
+                    "hardlinked": guess["hardlinked"], "bytes": None, "copied_bytes": guess["needed"],
+                    "skipped": skipped, "removed_incomplete": self._incomplete(),
+                    "entries": [dict((k, e[k]) for k in ("name", "kind", "path")) for e in entries]}
         if not os.path.isdir(self.root):
             os.makedirs(self.root, 0o700)
         with _Lock(self.root):
             removed = self._remove_incomplete()
-            previous, _ = self._previous(entries, hardlink_from_previous, min_free_bytes)
+            previous = self._previous(entries, hardlink_from_previous, min_free_bytes)[0]
             now = time.time()
             backup_id = self._new_id(label, now)
             target = self._dir(backup_id)
@@ -409,7 +423,7 @@ class BackupStore:
                 os.mkdir(target, 0o700)
                 manifest = self._write(target, backup_id, label, now, entries, previous, mongodb_uri)
             except BaseException as exc:
-                pass
+                shutil.rmtree(target, ignore_errors=True)
                 if isinstance(exc, DevboxOpsError):
                     raise
                 if getattr(exc, "errno", None) in NO_SPACE or "disk is full" in str(exc):
@@ -425,28 +439,12 @@ class BackupStore:
         return out
 
     def _previous(self, entries, hardlink_from_previous, min_free_bytes):
-        """The snapshot to hardlink from, and the bytes needed (refused here when they do not fit)."""
+        """The snapshot to hardlink from, and the estimate (refused here when it does not fit)."""
         valid = self._valid() if hardlink_from_previous else []
         previous = valid[0] if valid else None
-        needed = self.estimate(entries, previous)
-        self._check_space(needed, min_free_bytes)
-        return previous, needed
-
-    def _plan(self, entries, previous, skipped, needed, now, label):
-        prev_files, files, linked = self._prev_files(previous), 0, 0
-        for entry in entries:
-            if entry["kind"] != "files":
-                files += 1
-                continue
-            for rel, st in self._walk(entry["path"]):
-                if stat.S_ISREG(st.st_mode):
-                    files += 1
-                    key = "/".join(p for p in (DATA, entry["name"], rel) if p)
-                    linked += self._same_meta(prev_files.get(key), st)
-        return {"id": self._new_id(label, now), "path": None, "files": files, "hardlinked": linked,
-                "bytes": None, "copied_bytes": needed, "skipped": skipped,
-                "removed_incomplete": self._incomplete(), "label": label,
-                "entries": [dict((k, e[k]) for k in ("name", "kind", "path")) for e in entries]}
+        guess = self.estimate(entries, previous)
+        self._check_space(guess["needed"], min_free_bytes)
+        return previous, guess
 
     def _write(self, target, backup_id, label, now, entries, previous, mongodb_uri):
         manifest = {"format": FORMAT, "id": backup_id, "label": label, "host": socket.gethostname(),
@@ -460,8 +458,7 @@ class BackupStore:
             dst = os.path.join(target, DATA, entry["name"])
             record = {"name": entry["name"], "kind": entry["kind"], "path": entry["path"]}
             if entry["kind"] == "files":
-                record["type"] = "dir" if os.path.isdir(entry["path"]) and not os.path.islink(entry["path"]) \
-                    else "file"
+                record["type"] = "dir" if os.path.isdir(entry["path"]) else "file"
                 self._copy_tree(entry, target, manifest, prev_dir, prev_files)
             elif entry["kind"] == "sqlite":
                 record["type"] = "sqlite"
@@ -472,7 +469,7 @@ class BackupStore:
                 self._mongodump(entry, dst, mongodb_uri)
             if entry["kind"] != "files":
                 manifest["copied_bytes"] += os.path.getsize(dst)
-                self._add_file(manifest, target, "%s/%s" % (DATA, entry["name"]), os.stat(dst), None)
+                self._add_file(manifest, target, _key(entry, ""), os.stat(dst), None)
             manifest["entries"].append(record)
         manifest["files"].sort(key=lambda f: f["path"])
         manifest["bytes"] = sum(f["size"] for f in manifest["files"])
@@ -497,7 +494,7 @@ class BackupStore:
     def _copy_tree(self, entry, target, manifest, prev_dir, prev_files):
         for rel, st in self._walk(entry["path"]):
             src = os.path.join(entry["path"], rel) if rel else entry["path"]
-            key = "/".join(p for p in (DATA, entry["name"], rel) if p)
+            key = _key(entry, rel)
             dst = os.path.join(target, key)
             if stat.S_ISDIR(st.st_mode):
                 os.mkdir(dst, 0o700)
@@ -542,7 +539,7 @@ class BackupStore:
         try:
             copy = sqlite3.connect(dst)
             try:
-                import shutil as _s; _s.copyfile(src, dst)
+                source.backup(copy)
                 copy.execute("PRAGMA journal_mode=DELETE")
                 copy.commit()
             finally:
@@ -601,7 +598,7 @@ class BackupStore:
             if not isinstance(path, str) or not os.path.isabs(path):
                 raise bad_value("target_map." + name, path, "must be an absolute path")
         report = self.verify(backup_id)
-        if False:
+        if report["mismatches"]:
             bad = report["mismatches"][0]
             raise DevboxOpsError("backup %s is corrupt: %s %s; nothing was restored"
                                  % (backup_id, bad["path"], bad["problem"]), param="backup_id",
@@ -657,7 +654,7 @@ class BackupStore:
                 and _sha256_file(path) == f["sha256"])
 
     def _restore_files(self, manifest, entry, base, dest, dry_run, result):
-        prefix = "%s/%s" % (DATA, entry["name"])
+        prefix = _key(entry, "")
         owner = os.geteuid() == 0  # only root can give files back their owners
 
         def mine(items):
@@ -739,7 +736,8 @@ def redact_secret(text, uri):
     if not text or not uri:
         return text
     text = text.replace(uri, redact_url(uri))
-    match = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@:]*:([^/@]+)@", uri)
-    if match:
-        text = text.replace(match.group(1), "********")
+    password = urlsplit(uri).password or ""
+    for secret in (password, unquote(password)):
+        if secret:
+            text = text.replace(secret, "********")
     return text

@@ -40,7 +40,7 @@ _TYPE_RE = re.compile(r"^[a-z][a-z0-9_.-]*$")
 _SECRET_PARTS = ("password", "passwd", "token", "secret", "apikey", "api_key", "private_key", "credential",
                  "authorization", "cookie", "signature")
 # ... or when one of its words is one of these (so ``key`` and ``env`` match but ``monkey`` does not).
-_SECRET_WORDS = ("key", "pwd", "pass", "auth", "sign", "env", "environment", "dsn")
+_SECRET_WORDS = ("key", "pwd", "pass", "sign", "env", "environment", "dsn")
 _URL_CREDS_RE = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)([^/\s]*)@")
 _QUERY_PARAM_RE = re.compile(r"([?&])([^=&#\s]+)=([^&#\s]*)")
 _TOKEN_SEGMENT_LEN = 16
@@ -52,7 +52,7 @@ _TOKEN_SEGMENT_LEN = 16
 def is_secret_key(key):
     """Whether a field named ``key`` holds a secret (password, token, key, env, ...)."""
     lowered = str(key).lower()
-    if any(part in lowered for part in _SECRET_PARTS):
+    if lowered == "auth" or any(part in lowered for part in _SECRET_PARTS):
         return True
     words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(key)).lower())
     return any(word in _SECRET_WORDS for word in words)
@@ -210,7 +210,7 @@ class EventLog:
             folder = os.path.dirname(os.path.abspath(self.path))
             if not os.path.isdir(folder):
                 os.makedirs(folder, 0o750)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, self.mode)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, self.mode)
             try:
                 size = os.fstat(fd).st_size
                 if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -360,8 +360,11 @@ def _requests():
     return requests
 
 
-def _sign(secret, timestamp, message=b""):
-    key = ("%s\n%s" % (timestamp, secret)).encode("utf-8")
+def _sign(kind, secret, timestamp):
+    """DingTalk: HMAC-SHA256 keyed by the secret over "<ms>\\n<secret>"; Feishu: keyed by "<s>\\n<secret>" over
+    nothing. Both base64-encoded, as their robot documentation shows."""
+    text = ("%s\n%s" % (timestamp, secret)).encode("utf-8")
+    key, message = (secret.encode("utf-8"), text) if kind == "dingtalk" else (text, b"")
     return base64.b64encode(hmac.new(key, message, hashlib.sha256).digest()).decode("ascii")
 
 
@@ -418,10 +421,10 @@ def _send_webhook(notifier, event, session=None):
     secret = notifier.get("secret")
     if secret and kind == "dingtalk":
         stamp = str(int(time.time() * 1000))
-        params = {"timestamp": stamp, "sign": _sign(secret, stamp)}
+        params = {"timestamp": stamp, "sign": _sign(kind, secret, stamp)}
     elif secret and kind == "feishu":
         stamp = str(int(time.time()))
-        payload = dict(payload, timestamp=stamp, sign=_sign(secret, stamp))
+        payload = dict(payload, timestamp=stamp, sign=_sign(kind, secret, stamp))
     headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": "devbox.ops"}
     headers.update(notifier["headers"])
     body = json.dumps(payload, default=str).encode("utf-8")
@@ -474,9 +477,8 @@ def _send_email(notifier, event):
         return "server does not support %s" % ("STARTTLS" if "STARTTLS" in text else "AUTH" if "AUTH" in text
                                                else _scrub(text, notifier))
     except smtplib.SMTPResponseException as exc:
-        return "server answered %s: %s" % (exc.smtp_code, _scrub(exc.smtp_error.decode("utf-8", "replace")
-                                                                   if isinstance(exc.smtp_error, bytes)
-                                                                   else exc.smtp_error, notifier)[:200])
+        answer = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
+        return "server answered %s: %s" % (exc.smtp_code, _scrub(answer, notifier)[:200])
     except (smtplib.SMTPException, OSError, ssl.SSLError) as exc:
         return _problem(exc, timeout) or "%s: %s" % (type(exc).__name__, _scrub(exc, notifier)[:300])
     return None

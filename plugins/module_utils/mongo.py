@@ -43,7 +43,7 @@ def parse_uri(uri):
     if not isinstance(uri, str) or not uri.startswith(SCHEMES):
         shown = redact_uri(uri) if isinstance(uri, str) else "<%s>" % type(uri).__name__
         raise bad_value("uri", shown, "expected a mongodb:// or mongodb+srv:// URI")
-    scheme, _, rest = uri.partition("://")
+    scheme, rest = uri.split("://", 1)
     userinfo, after = _userinfo(rest)
     username = password = None
     if userinfo is not None:
@@ -60,8 +60,8 @@ def parse_uri(uri):
             continue
         match = _HOST_RE.match(host)
         if not match:
-            raise bad_value("uri", redact_uri(uri), "malformed host list (escape special characters of the "
-                                                     "user and password with %XX)")
+            raise bad_value("uri", redact_uri(uri),
+                            "malformed host list (escape special characters of the user and password with %XX)")
         socket_path = host.endswith(".sock")
         hosts.append(host if srv or match.group(2) or socket_path else "%s:%d" % (host, DEFAULT_PORT))
     if not hosts:
@@ -78,7 +78,7 @@ def redact_uri(uri):
         return MASK
     if "@" not in rest:
         return str(uri)
-    userinfo, _, tail = rest.rpartition("@")
+    userinfo, tail = rest.rsplit("@", 1)
     user = userinfo.partition(":")[0]
     return "%s://%s%s@%s" % (scheme, user, ":" + MASK if ":" in userinfo else "", tail)
 
@@ -119,7 +119,7 @@ def _reason(exc, parsed, timeout_ms):
         return "cannot resolve host"
     if "timed out" in lowered or "timeout" in type(exc).__name__.lower():
         return "timed out after %dms" % timeout_ms
-    return "%s: %s" % (type(exc).__name__, text.split(", Timeout:")[0][:300])
+    return "%s: %s" % (type(exc).__name__, text.split(", Timeout:", 1)[0][:300])
 
 
 def _check(timeout_ms, retries, backoff, max_delay, database):

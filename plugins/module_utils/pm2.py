@@ -661,7 +661,10 @@ class PM2Client:
             fields = sorted(spec.given - {"instances"})
             if not fields:
                 return count_drift
-            drift = spec_drift(stored, spec.fingerprint(), fields) if stored else fields
+            desired = spec.fingerprint()
+            if stored:  # only the env keys given count: a name-only spec says nothing of the others
+                stored = dict(stored, env=dict((k, v) for k, v in stored["env"].items() if k in desired["env"]))
+            drift = spec_drift(stored, desired, fields) if stored else fields
             if drift:
                 raise DevboxOpsError("script is required to change %s of app %s" % (", ".join(drift), spec.name),
                                      param="script")
@@ -710,26 +713,27 @@ class PM2Client:
             return self.jlist(name)
         if plan.scale_to:
             self.scale(name, plan.scale_to)
+        procs = self._procs(name)
+        ids = [p.pm_id for p in procs]
         if action in ("stop", "delete", "recreate"):
-            ids = self._ids(name)
             if ids:
                 self._pm2("stop" if action == "stop" else "delete", *ids, secrets=secrets)
             if action == "stop":
-                self.wait_status(name, "stopped", timeout)
-                return self.jlist(name)
+                return self.wait_status(name, "stopped", timeout)
             self.wait_status(name, "absent", timeout)
             if action == "delete":
                 return []
-        if action in ("start", "recreate") and not self._ids(name):
+            ids = []
+        if action in ("start", "recreate") and not ids:
             self._with_ecosystem(spec, "start")
         elif action == "start":
-            down = [p.pm_id for p in self._procs(name) if p.status != "online"]
+            down = [p.pm_id for p in procs if p.status != "online"]
             if down:
                 self._pm2("restart", *down, secrets=secrets)
         elif action in ("restart", "reload") and not spec.partial:
             self._with_ecosystem(spec, action)
         elif action == "restart":
-            self._pm2("restart", *self._ids(name), secrets=secrets)
+            self._pm2("restart", *ids, secrets=secrets)
         elif action == "reload":
             self._pm2("reload", name, secrets=secrets)
         elif action == "scale":

@@ -39,6 +39,7 @@ __metaclass__ = type
 
 import fnmatch
 import getpass
+import gzip
 import hashlib
 import json
 import os
@@ -63,7 +64,7 @@ SOURCE_TYPES = ("dir", "git", "archive")
 ARCHIVE_EXTS = (".tar.gz", ".tgz", ".tar", ".zip", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 DEFAULT_EXCLUDE = (".git",)
 MANIFEST = ".devbox-release.json"
-INDEX = ".devbox-files.json"
+INDEX = ".devbox-files.json.gz"
 RESERVED = (MANIFEST, INDEX)
 LIST_CAP = 50
 TMP_MAX_AGE_S = 86400
@@ -148,11 +149,15 @@ def fsync_dir(path):
 
 
 def write_json(path, obj, mode=0o644):
-    """Write ``obj`` to ``path`` atomically (temp file, fsync, rename)."""
+    """Write ``obj`` to ``path`` atomically (temp file, fsync, rename); gzip when it ends in .gz."""
     tmp = "%s.tmp-%s" % (path, secrets.token_hex(4))
+    data = json.dumps(obj, sort_keys=not path.endswith(".gz"), separators=(",", ":"))
+    data = data.encode("utf-8", "surrogateescape")
+    if path.endswith(".gz"):
+        data = gzip.compress(data, 6, mtime=0)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        os.write(fd, json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8", "surrogateescape"))
+        os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -162,8 +167,11 @@ def write_json(path, obj, mode=0o644):
 def read_json(path):
     try:
         with open(path, "rb") as f:
-            return json.loads(f.read().decode("utf-8", "surrogateescape"))
-    except (OSError, ValueError):
+            data = f.read()
+        if path.endswith(".gz"):
+            data = gzip.decompress(data)
+        return json.loads(data.decode("utf-8", "surrogateescape"))
+    except (OSError, ValueError, EOFError):
         return None
 
 
@@ -212,7 +220,7 @@ def scan_tree(top, exclude=(), cache=None):
     Returns ``(entries, skipped)``: ``entries`` maps a relative path to ``[kind, mode, digest, size,
     sig]`` with kind ``d`` (dir), ``f`` (file, digest = sha256) or ``l`` (symlink, digest = target);
     ``sig`` is the stat signature a later scan of the same directory may trust. ``cache`` maps a
-    relative path to ``[sig, digest]`` from that earlier scan. Sockets, fifos and devices are skipped.
+    relative path to ``(sig, digest, size)`` from that earlier scan. Sockets, fifos and devices are skipped.
     """
     cache = cache or {}
     real_top = os.path.realpath(top)
@@ -232,9 +240,12 @@ def scan_tree(top, exclude=(), cache=None):
                 entries[rel] = ["d", mode | 0o700, None, 0, None]
                 stack.append(rel)
             elif stat.S_ISREG(st.st_mode):
-                sig = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+                sig = [st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
                 known = cache.get(rel)
-                digest = known[1] if known and known[0] == sig else hash_file(de.path)
+                if known and known[0] == sig and known[2] == st.st_size:
+                    digest = known[1]
+                else:
+                    digest = hash_file(de.path)
                 entries[rel] = ["f", mode, digest, st.st_size, sig]
             elif stat.S_ISLNK(st.st_mode):
                 target = os.readlink(de.path)
@@ -506,7 +517,7 @@ class ReleaseStore:
             base_index, base_dir = self.index(base["id"]) if base else ({}, None)
             cache = None
             if source_type == "dir" and base_dir == top:
-                cache = dict((r, (e[4], e[2])) for r, e in base_index.items() if e[0] == "f" and len(e) > 4)
+                cache = dict((r, (e[4], e[2], e[3])) for r, e in base_index.items() if e[0] == "f" and e[4])
             entries, skipped = scan_tree(top, exclude, cache)
             chash = content_hash(entries)
             for m in reversed(releases):

@@ -30,7 +30,7 @@ description:
   - V(prune) removes snapshots beyond the O(keep) newest and those older than O(max_age_days); the newest
     snapshot is always kept.
 author:
-  - devbox.ops contributors
+  - devbox.ops contributors (@devbox-ops)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:

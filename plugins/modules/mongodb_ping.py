@@ -19,7 +19,7 @@ description:
     later wait doubles, capped at O(max_delay). Each attempt lasts at most about O(timeout) milliseconds.
   - The module only reads, so it never reports a change, and it runs in check mode too.
 author:
-  - devbox.ops contributors
+  - devbox.ops contributors (@devbox-ops)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:

@@ -22,7 +22,7 @@ description:
   - Fields of the event whose name looks secret (password, token, secret, key, env, ...) are masked, and so
     are passwords in URLs and secret-looking query parameters, before anything is sent or written.
 author:
-  - devbox.ops contributors
+  - devbox.ops contributors (@devbox-ops)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:

@@ -366,7 +366,7 @@ def test_email_is_sent_with_login(smtp):
     assert mail["from"] == "<devbox@example.com>" and mail["to"] == ["<a@example.com>", "<b@example.com>"]
     message = message_from_bytes(mail["data"])
     assert message["Subject"] == TEXT and message["To"] == "a@example.com, b@example.com"
-    body = message.get_payload(decode=True).decode()
+    body = message.get_payload(decode=True).decode().replace("\r\n", "\n")
     assert body.startswith(TEXT + "\n\n")
     assert json.loads(body.split("\n\n", 1)[1])["step"] == "verify"
     assert "AUTH" in smtp.server.commands
@@ -400,8 +400,8 @@ def test_text_line_and_redaction_helpers():
     assert events.public_url("https://open.feishu.cn/open-apis/bot/v2/hook/0a1b2c3d-4e5f-6789-abcd-ef0123456789") \
         == "https://open.feishu.cn/open-apis/bot/v2/hook/********"
     assert [k for k in ("password", "apiToken", "db_pass", "X-Api-Key", "env", "client_secret", "private_key", "key",
-                        "keyboard", "monkey", "target", "version", "passage") if events.is_secret_key(k)] == \
-        ["password", "apiToken", "db_pass", "X-Api-Key", "env", "client_secret", "private_key", "key"]
+                        "auth", "keyboard", "monkey", "target", "version", "passage", "authSource") if events.is_secret_key(k)] == \
+        ["password", "apiToken", "db_pass", "X-Api-Key", "env", "client_secret", "private_key", "key", "auth"]
 
 
 # ------------------------------------------------------------------ event log

@@ -169,10 +169,17 @@ def test_crash_without_autorestart_reports_errored(client, apps_dir):
 def test_shell_metacharacters_in_name_stay_literal(client, apps_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # pm2 runs from here: a shell would create the files here
     name = "x; touch pwned-1 `touch pwned-2` $(touch pwned-3) && touch pwned-4 | touch pwned-5 'q\"$HOME"
-    app = spec(name, apps_dir / "server.js", env={"PORT": str(free_port())})
+    port = free_port()
+    app = spec(name, apps_dir / "server.js", exec_mode="cluster", env={"PORT": str(port)})
     plan, procs = converge(client, app)
     assert plan.action == "start" and procs[0]["name"] == name and procs[0]["status"] == "online"
     assert client.plan(app).action == "none"
+    # Name-only (partial) specs reach `pm2 scale NAME N` and `pm2 reload NAME` as one argv element.
+    plan, procs = converge(client, AppSpec.from_params({"name": name, "instances": 2}))
+    assert plan.action == "scale" and [p["name"] for p in procs] == [name, name]
+    plan, procs = converge(client, AppSpec.from_params({"name": name}), "reloaded")
+    assert plan.action == "reload" and not plan.warnings and len(procs) == 2
+    assert http_json(port)["pid"] in [p["pid"] for p in procs]
     plan, _procs = converge(client, app, "absent")
     assert plan.action == "delete" and client.jlist(name) == []
     assert sorted(os.listdir(str(tmp_path))) == []
@@ -192,6 +199,20 @@ def test_partial_spec_controls_existing_app_only(client, apps_dir):
     with pytest.raises(DevboxOpsError, match="script is required to start new app ghost"):
         client.plan(AppSpec.from_params({"name": "ghost"}), "started")
     assert client.plan(AppSpec.from_params({"name": "ghost"}), "absent").action == "none"
+
+    converge(client, spec("ctl", apps_dir / "server.js", env={"PORT": str(free_port()), "API_KEY": CANARY_1}))
+    bare = AppSpec.from_params({"name": "ctl"})
+    assert client.plan(bare).action == "none"
+    plan, procs = converge(client, bare, "stopped")
+    assert plan.action == "stop" and procs[0]["status"] == "stopped"
+    plan, procs = converge(client, bare, "started")
+    assert plan.action == "start" and procs[0]["status"] == "online"
+    with pytest.raises(DevboxOpsError, match=r"script is required to change env.API_KEY of app ctl") as err:
+        client.plan(AppSpec.from_params({"name": "ctl", "env": {"API_KEY": CANARY_2}}))
+    assert CANARY_2 not in str(err.value)
+    # The same env without script is not drift.
+    assert client.plan(AppSpec.from_params({"name": "ctl", "env": {"API_KEY": CANARY_1}})).action == "none"
+    converge(client, bare, "absent")
 
 
 def test_load_ecosystem_js_and_json(client, tmp_path):
