@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Incremental release vs a naive full copy, measured in one run.
 
@@ -48,8 +47,8 @@ def make_app(top, files, total_mb, dirs, seed=7):
     dir_names = [""]
     while len(dir_names) < dirs:
         parent = rnd.choice(dir_names[: max(1, len(dir_names) // 2 + 1)])
-        name = os.path.join(parent, "%s%d" % (rnd.choice(("lib", "src", "routes", "models", "util", "pkg")),
-                                               len(dir_names)))
+        kind = rnd.choice(("lib", "src", "routes", "models", "util", "pkg"))
+        name = os.path.join(parent, "%s%d" % (kind, len(dir_names)))
         dir_names.append(name)
     paths = []
     for i, size in enumerate(sizes):
@@ -85,7 +84,7 @@ def mb(n):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     ap.add_argument("--files", type=int, default=5000)
     ap.add_argument("--mb", type=float, default=20.0)
     ap.add_argument("--dirs", type=int, default=400)

@@ -348,10 +348,8 @@ class AppSpec:
 def spec_drift(stored, desired, fields=None):
     """Field names that differ between two fingerprints; env keys as ``env.KEY``."""
     drift = []
-    keys = fields if fields is not None else sorted(set(stored) | set(desired) - {"v"})
+    keys = fields if fields is not None else sorted((set(stored) | set(desired)) - {"v"})
     for key in keys:
-        if key == "v":
-            continue
         old, new = stored.get(key), desired.get(key)
         if key == "env":
             old, new = old or {}, new or {}
@@ -453,7 +451,8 @@ def parse_jlist(stdout):
             continue
         if isinstance(value, list) and all(isinstance(p, dict) for p in value):
             return value
-    raise DevboxOpsError("pm2 jlist printed no JSON process list (first 200 chars: %r)" % text[:200])
+    # Never quote the output: a truncated list would still hold env values.
+    raise DevboxOpsError("pm2 jlist printed no JSON process list (%d characters of output)" % len(text))
 
 
 def _tail_file(path, lines):
@@ -613,10 +612,10 @@ class PM2Client:
                 raise DevboxOpsError("script is required to start new app %s" % spec.name, param="script")
             return Plan(spec, state, "start", before=before, after=self._after(spec, state), warnings=warnings)
 
-        drift = self._drift(spec, procs, stored, warnings)
-        after = self._after(spec, state, drift, len(procs))
         if state == "absent":
-            return Plan(spec, state, "delete", before=before, after=after)
+            return Plan(spec, state, "delete", before=before, after=self._after(spec, state))
+        drift = self._drift(spec, procs, stored)
+        after = self._after(spec, state, drift, len(procs))
         if state == "stopped":
             action = "none" if statuses == ["stopped"] else "stop"
             if drift:
@@ -624,6 +623,9 @@ class PM2Client:
                                 % (spec.name, ", ".join(drift)))
             return Plan(spec, state, action, drift, before, after, warnings)
 
+        if spec.partial and set(drift) - {"instances"}:
+            raise DevboxOpsError("script is required to change %s of app %s"
+                                 % (", ".join(d for d in drift if d != "instances"), spec.name), param="script")
         desired_env = spec.env or {}
         env_drift = [d for d in drift if d.startswith("env.")]
         # PM2 merges env on restart, so a removed key needs a fresh process list entry.
@@ -644,6 +646,8 @@ class PM2Client:
             action, scale_to = "scale", None
         else:
             action = "none"
+        if "unmanaged" in drift:
+            warnings.append("app %s was not started by devbox.ops; it is recreated to take it over" % spec.name)
         if action == "reload" and self._mode(spec, procs) != "cluster":
             warnings.append("app %s runs in fork mode: pm2 reload restarts it (no zero-downtime); "
                             "use exec_mode=cluster for graceful reloads" % spec.name)
@@ -654,7 +658,8 @@ class PM2Client:
         return spec.exec_mode if not spec.partial else procs[0].info["exec_mode"]
 
     @staticmethod
-    def _drift(spec, procs, stored, warnings):
+    def _drift(spec, procs, stored):
+        """Drifted fields. A partial spec compares only what it gives (and only the env keys it gives)."""
         count_matters = not spec.partial or "instances" in spec.given
         count_drift = ["instances"] if count_matters and len(procs) != spec.instances else []
         if spec.partial:
@@ -662,16 +667,11 @@ class PM2Client:
             if not fields:
                 return count_drift
             desired = spec.fingerprint()
-            if stored:  # only the env keys given count: a name-only spec says nothing of the others
-                stored = dict(stored, env=dict((k, v) for k, v in stored["env"].items() if k in desired["env"]))
-            drift = spec_drift(stored, desired, fields) if stored else fields
-            if drift:
-                raise DevboxOpsError("script is required to change %s of app %s" % (", ".join(drift), spec.name),
-                                     param="script")
-            return count_drift
+            if not stored:
+                return fields + count_drift
+            stored = dict(stored, env=dict((k, v) for k, v in stored["env"].items() if k in desired["env"]))
+            return spec_drift(stored, desired, fields) + count_drift
         if stored is None:
-            warnings.append("app %s was not started by devbox.ops; it will be recreated to take it over"
-                            % spec.name)
             return ["unmanaged"] + count_drift
         return spec_drift(stored, spec.fingerprint()) + count_drift
 
@@ -808,7 +808,9 @@ class PM2Client:
                 raise self._crash(name, procs[0] if procs else None,
                                   "did not stay online for %sms within %ss (%s)" % (min_uptime_ms, timeout, statuses),
                                   secrets)
-            time.sleep(self.poll_interval)
+            # Sleep until the youngest online process could reach min_uptime, at least one interval.
+            young = [min_uptime_ms - p.uptime_ms for p in procs if p.status == "online" and p.uptime_ms < min_uptime_ms]
+            time.sleep(max(self.poll_interval, min(young) / 1000.0) if young else self.poll_interval)
 
     @staticmethod
     def _crash(name, proc, what, secrets):

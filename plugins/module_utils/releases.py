@@ -113,6 +113,28 @@ def redact_text(text):
     return URL_USERINFO_RE.sub(r"\1", text)
 
 
+def url_secrets(url):
+    """The parts of a URL that may be credentials: user info, each half of it, query and fragment."""
+    if "://" not in url:
+        return []
+    rest = url.split("://", 1)[1]
+    netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    found = []
+    if "@" in netloc:
+        info = netloc.rsplit("@", 1)[0]
+        found += [info] + info.split(":", 1)
+    for sep in ("?", "#"):
+        if sep in rest:
+            found.append(rest.split(sep, 1)[1])
+    return sorted((s for s in set(found) if len(s) >= 3), key=len, reverse=True)
+
+
+def mask_secrets(text, secrets_):
+    for secret in secrets_:
+        text = text.replace(secret, MASK)
+    return redact_text(text)
+
+
 def redact(value):
     """Copy of an event with secret-looking keys masked and URL credentials removed."""
     if isinstance(value, dict):
@@ -154,7 +176,7 @@ def write_json(path, obj, mode=0o644):
     data = json.dumps(obj, sort_keys=not path.endswith(".gz"), separators=(",", ":"))
     data = data.encode("utf-8", "surrogateescape")
     if path.endswith(".gz"):
-        data = gzip.compress(data, 6, mtime=0)
+        data = gzip.compress(data, 1, mtime=0)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         os.write(fd, data)
@@ -220,26 +242,26 @@ def scan_tree(top, exclude=(), cache=None):
     Returns ``(entries, skipped)``: ``entries`` maps a relative path to ``[kind, mode, digest, size,
     sig]`` with kind ``d`` (dir), ``f`` (file, digest = sha256) or ``l`` (symlink, digest = target);
     ``sig`` is the stat signature a later scan of the same directory may trust. ``cache`` maps a
-    relative path to ``(sig, digest, size)`` from that earlier scan. Sockets, fifos and devices are skipped.
+    relative path to ``(sig, digest, size)`` from that earlier scan. ``exclude`` globs match a
+    relative path or a name at any depth. Sockets, fifos and devices are skipped.
     """
     cache = cache or {}
+    skip = re.compile("|".join(fnmatch.translate(p) for p in exclude)).match if exclude else None
     real_top = os.path.realpath(top)
     entries, skipped, stack = {}, [], [""]
     while stack:
         rel_dir = stack.pop()
-        with os.scandir(os.path.join(top, rel_dir)) as it:
+        prefix = rel_dir + "/" if rel_dir else ""
+        with os.scandir(top + "/" + rel_dir if rel_dir else top) as it:
             found = list(it)
         for de in found:
-            rel = rel_dir + "/" + de.name if rel_dir else de.name
-            if (not rel_dir and de.name in RESERVED) or any(
-                    fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(de.name, p) for p in exclude):
+            name = de.name
+            rel = prefix + name
+            if (not rel_dir and name in RESERVED) or (skip and (skip(name) or skip(rel))):
                 continue
             st = de.stat(follow_symlinks=False)
-            mode = stat.S_IMODE(st.st_mode) & 0o777
-            if stat.S_ISDIR(st.st_mode):
-                entries[rel] = ["d", mode | 0o700, None, 0, None]
-                stack.append(rel)
-            elif stat.S_ISREG(st.st_mode):
+            mode = st.st_mode & 0o777
+            if stat.S_ISREG(st.st_mode):
                 sig = [st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
                 known = cache.get(rel)
                 if known and known[0] == sig and known[2] == st.st_size:
@@ -247,6 +269,9 @@ def scan_tree(top, exclude=(), cache=None):
                 else:
                     digest = hash_file(de.path)
                 entries[rel] = ["f", mode, digest, st.st_size, sig]
+            elif stat.S_ISDIR(st.st_mode):
+                entries[rel] = ["d", mode | 0o700, None, 0, None]
+                stack.append(rel)
             elif stat.S_ISLNK(st.st_mode):
                 target = os.readlink(de.path)
                 if os.path.isabs(target) or not _inside(os.path.realpath(de.path), real_top):
@@ -261,12 +286,16 @@ def scan_tree(top, exclude=(), cache=None):
 
 def content_hash(entries):
     """sha256 over sorted paths, kinds, file modes and file hashes (symlinks by target)."""
-    h = hashlib.sha256()
+    lines = []
     for rel in sorted(entries):
         kind, mode, digest = entries[rel][:3]
-        fields = [kind, rel] + ([] if kind == "d" else ["%o" % mode if kind == "f" else "", digest])
-        h.update("\0".join(fields).encode("utf-8", "surrogateescape") + b"\n")
-    return h.hexdigest()
+        if kind == "f":
+            lines.append("f\0%s\0%o\0%s\n" % (rel, mode, digest))
+        elif kind == "l":
+            lines.append("l\0%s\0\0%s\n" % (rel, digest))
+        else:
+            lines.append("d\0%s\n" % rel)
+    return hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _member_rel(archive, name):
@@ -569,45 +598,70 @@ class ReleaseStore:
         return candidate
 
     def _build(self, top, entries, release_id, base_id, base_index, movable):
-        """Fill ``releases/.tmp-<id>-<pid>-<rand>``: link unchanged files from the base, copy the rest."""
+        """Fill ``releases/.tmp-<id>-<pid>-<rand>``: link unchanged files from the base, copy the rest.
+
+        A file is linked when the base index has the same kind, mode and sha256 and the base file still
+        has the size and mtime the index recorded. Work is done per directory with directory fds, so
+        each link and lstat resolves one name, not a whole path.
+        """
         tmp = self._mkdtemp(release_id)
         base_path = self._path(base_id) if base_id else None
+        by_dir = {"": []}
+        for rel, entry in entries.items():
+            parent, _sep, name = rel.rpartition("/")
+            if entry[0] == "d":
+                by_dir.setdefault(rel, [])
+            else:
+                by_dir.setdefault(parent, []).append((name, rel, entry))
         linked = copied = size = 0
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
         try:
-            dirs = sorted(r for r, e in entries.items() if e[0] == "d")
-            for rel in dirs:
-                os.mkdir(os.path.join(tmp, rel), 0o700)
-            for rel in sorted(r for r, e in entries.items() if e[0] != "d"):
-                entry = entries[rel]
-                kind, mode, digest = entry[:3]
-                dst, src = os.path.join(tmp, rel), os.path.join(top, rel)
-                if kind == "l":
-                    os.symlink(digest, dst)
-                    continue
-                size += entry[3]
-                old = base_index.get(rel)
-                if old and old[0] == "f" and old[1] == mode and old[2] == digest:
-                    prev = os.path.join(base_path, rel)
+            for rel_dir in sorted(by_dir):
+                if rel_dir:
+                    os.mkdir(tmp + "/" + rel_dir, 0o700)
+            for rel_dir, items in by_dir.items():
+                dst_fd = os.open(tmp + "/" + rel_dir if rel_dir else tmp, flags)
+                prev_fd = None
+                if base_path:
                     try:
-                        st = os.lstat(prev)
+                        prev_fd = os.open(base_path + "/" + rel_dir if rel_dir else base_path, flags)
                     except OSError:
-                        st = None
-                    if st and stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (old[3], old[5]) \
-                            and stat.S_IMODE(st.st_mode) == mode:
-                        os.link(prev, dst)
-                        entry[:] = ["f", mode, digest, entry[3], entry[4], st.st_mtime_ns]
-                        linked += 1
-                        continue
-                if movable:
-                    os.rename(src, dst)
-                    os.chmod(dst, mode)
-                elif copy_hashed(src, dst, mode) != digest:
-                    raise DevboxOpsError("source=%r: %r changed while the release was being built; run again"
-                                         % (top, rel), param="source", value=top)
-                entry[:] = ["f", mode, digest, entry[3], entry[4], os.lstat(dst).st_mtime_ns]
-                copied += 1
-            for rel in reversed(dirs):
-                os.chmod(os.path.join(tmp, rel), entries[rel][1])
+                        prev_fd = None
+                try:
+                    for name, rel, entry in items:
+                        kind, mode, digest = entry[:3]
+                        if kind == "l":
+                            os.symlink(digest, name, dir_fd=dst_fd)
+                            continue
+                        size += entry[3]
+                        old = base_index.get(rel) if prev_fd is not None else None
+                        if old and old[0] == "f" and old[1] == mode and old[2] == digest:
+                            try:
+                                st = os.lstat(name, dir_fd=prev_fd)
+                            except OSError:
+                                st = None
+                            if st and stat.S_ISREG(st.st_mode) and st.st_size == old[3] \
+                                    and st.st_mtime_ns == old[5] and st.st_mode & 0o777 == mode:
+                                os.link(name, name, src_dir_fd=prev_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
+                                entry.append(st.st_mtime_ns)
+                                linked += 1
+                                continue
+                        src, dst = top + "/" + rel, tmp + "/" + rel
+                        if movable:
+                            os.rename(src, dst)
+                            os.chmod(dst, mode)
+                        elif copy_hashed(src, dst, mode) != digest:
+                            raise DevboxOpsError("source=%r: %r changed while the release was being built; run "
+                                                 "again" % (top, rel), param="source", value=top)
+                        entry.append(os.lstat(dst).st_mtime_ns)
+                        copied += 1
+                finally:
+                    os.close(dst_fd)
+                    if prev_fd is not None:
+                        os.close(prev_fd)
+            for rel_dir in sorted(by_dir, reverse=True):
+                if rel_dir:
+                    os.chmod(tmp + "/" + rel_dir, entries[rel_dir][1])
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -622,7 +676,7 @@ class ReleaseStore:
         def git(*args):
             rc, out, err = self.runner.run(["git", "--git-dir", cache] + list(args), env=GIT_ENV, timeout=900)
             if rc != 0:
-                text = redact_text((err or out or "").replace(url, location))
+                text = mask_secrets((err or out or "").replace(url, location), url_secrets(url))
                 raise DevboxOpsError("source=%r: git %s failed (rc=%s): %s"
                                      % (location, args[0], rc, text.strip()[-400:]), param="source", value=location)
             return out
@@ -648,19 +702,19 @@ class ReleaseStore:
 
     # -- status and switching
 
-    def set_status(self, release_id, status):
+    def set_status(self, release_id, status, dry_run=False):
         """Set a release's status; returns ``(manifest, changed)``."""
         if status not in STATUSES:
             raise bad_value("status", status, "must be one of %s" % ", ".join(STATUSES))
         m = self.get(release_id)
-        if m["status"] == status:
-            return m, False
+        if m["status"] == status or dry_run:
+            return m, m["status"] != status
         m["status"] = status
         m["status_history"].append({"status": status, "at": iso(utcnow())})
         write_json(os.path.join(self._path(release_id), MANIFEST), m)
         return m, True
 
-    def activate(self, release_id):
+    def activate(self, release_id, dry_run=False):
         """Point ``current`` at ``release_id`` atomically; the replaced active release becomes verified.
 
         Returns ``{"changed", "previous", "current"}``; no change when it is already current and active.
@@ -668,11 +722,13 @@ class ReleaseStore:
         m = self.get(release_id)
         if m["status"] == "failed":
             raise bad_value("release_id", release_id, "is marked failed; set another status before activating it")
+        if os.path.lexists(self.current_link) and not os.path.islink(self.current_link):
+            raise bad_value("root", self.root, "%s exists and is not a symlink" % self.current_link)
         previous = self.current_id()
-        changed = previous != release_id
-        if changed:
-            if os.path.lexists(self.current_link) and not os.path.islink(self.current_link):
-                raise bad_value("root", self.root, "%s exists and is not a symlink" % self.current_link)
+        switch = previous != release_id
+        if dry_run:
+            return {"changed": switch or m["status"] != "active", "previous": previous, "current": release_id}
+        if switch:
             tmp = "%s.tmp-%s" % (self.current_link, secrets.token_hex(4))
             os.symlink(os.path.join("releases", release_id), tmp)
             try:
@@ -684,7 +740,7 @@ class ReleaseStore:
         for other in self.list():
             if other["id"] != release_id and other["status"] == "active":
                 self.set_status(other["id"], "verified")
-        changed = self.set_status(release_id, "active")[1] or changed
+        changed = self.set_status(release_id, "active")[1] or switch
         return {"changed": changed, "previous": previous, "current": release_id}
 
     def rollback_target(self, to="previous"):
@@ -813,13 +869,14 @@ class ReleaseStore:
             lock.get("user"), lock.get("host"), lock.get("pid"), lock.get("started_at") or lock.get("acquired_at"),
             lock.get("purpose"))
 
-    def acquire_lock(self, owner, token, stale_after_s=900):
+    def acquire_lock(self, owner, token, stale_after_s=900, dry_run=False):
         """Take ``.lock`` for ``owner`` (user, host, pid, started_at, purpose).
 
-        The record is written to a temp file and published with ``link()``, which, like O_EXCL, fails
-        when ``.lock`` exists, and never shows a half-written lock. A stale lock (holder pid on this
-        host gone, or older than ``stale_after_s``) is taken over. Only sha256(token) is stored.
-        Returns ``{"changed", "took_over", "holder", "previous", "reason"}``.
+        The record is written to a temp file (O_CREAT|O_EXCL) and published with ``link()``, which fails
+        like O_EXCL when ``.lock`` exists and never shows a half-written lock. A stale lock (holder pid on
+        this host gone, or older than ``stale_after_s``) is taken over; a live one raises
+        ``deploy lock held by <user>@<host> pid <pid> since <time> (<purpose>)``. Only sha256(token) is
+        stored. Returns ``{"changed", "took_over", "holder", "previous", "reason"}``.
         """
         owner = dict(owner or {})
         unknown = set(owner) - set(("user", "host", "pid", "started_at", "purpose"))
@@ -828,41 +885,55 @@ class ReleaseStore:
         pid = owner.get("pid")
         if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0):
             raise bad_value("lock_owner.pid", pid, "must be a positive integer")
+        if isinstance(stale_after_s, bool) or not isinstance(stale_after_s, (int, float)) or stale_after_s <= 0:
+            raise bad_value("stale_after", stale_after_s, "must be a number of seconds > 0")
         now = utcnow()
         record = {
             "user": owner.get("user") or getpass.getuser(), "host": owner.get("host") or socket.gethostname(),
             "pid": pid, "started_at": owner.get("started_at") or iso(now), "purpose": owner.get("purpose") or "deploy",
             "acquired_at": iso(now), "token_sha256": self._token_hash(token),
         }
-        os.makedirs(self.root, exist_ok=True)
         previous = reason = None
         for _attempt in range(5):
-            tmp = "%s.%s" % (self.lock_file, secrets.token_hex(6))
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, json.dumps(record, sort_keys=True).encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            try:
-                os.link(tmp, self.lock_file)
-                fsync_dir(self.root)
+            held = self._read_lock()
+            if held is not None or os.path.lexists(self.lock_file):
+                if held and held.get("token_sha256") == record["token_sha256"]:
+                    return {"changed": False, "took_over": False, "holder": self._public(held), "previous": None,
+                            "reason": "already held with this token"}
+                stale, why = self.lock_stale(held, stale_after_s)
+                if not stale:
+                    raise DevboxOpsError(self.held_message(held), param="lock", value=self._public(held))
+                if dry_run:
+                    return {"changed": True, "took_over": True, "holder": self._public(record),
+                            "previous": self._public(held), "reason": why}
+                if not self._take_aside(held):
+                    continue
+                previous, reason = self._public(held), why
+            elif dry_run:
+                return {"changed": True, "took_over": False, "holder": self._public(record), "previous": None,
+                        "reason": None}
+            if self._publish_lock(record):
                 return {"changed": True, "took_over": previous is not None, "holder": self._public(record),
                         "previous": previous, "reason": reason}
-            except FileExistsError:
-                pass
-            finally:
-                os.unlink(tmp)
-            held = self._read_lock()
-            if held and held.get("token_sha256") == record["token_sha256"]:
-                return {"changed": False, "took_over": False, "holder": self._public(held), "previous": None,
-                        "reason": "already held with this token"}
-            stale, why = self.lock_stale(held, stale_after_s)
-            if not stale:
-                raise DevboxOpsError(self.held_message(held), param="lock", value=self._public(held))
-            if self._take_aside(held):
-                previous, reason = self._public(held), why
         raise DevboxOpsError("deploy lock %s: gave up after repeated contention" % self.lock_file, param="lock")
+
+    def _publish_lock(self, record):
+        os.makedirs(self.root, exist_ok=True)
+        tmp = "%s.%s" % (self.lock_file, secrets.token_hex(6))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, json.dumps(record, sort_keys=True).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, self.lock_file)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        fsync_dir(self.root)
+        return True
 
     def _take_aside(self, expected):
         """Remove ``.lock`` only if it still is ``expected`` (rename aside, compare, put back if not)."""
@@ -871,9 +942,9 @@ class ReleaseStore:
             os.rename(self.lock_file, aside)
         except FileNotFoundError:
             return False
-        moved = self._read_lock(aside)
-        same = (moved or {}).get("token_sha256") == (expected or {}).get("token_sha256") and (
-            moved or {}).get("acquired_at") == (expected or {}).get("acquired_at")
+        moved = self._read_lock(aside) or {}
+        expected = expected or {}
+        same = all(moved.get(k) == expected.get(k) for k in ("token_sha256", "acquired_at"))
         if not same:
             try:
                 os.link(aside, self.lock_file)
@@ -882,7 +953,7 @@ class ReleaseStore:
         os.unlink(aside)
         return same
 
-    def release_lock(self, token):
+    def release_lock(self, token, dry_run=False):
         """Release ``.lock`` if ``token`` owns it; ``{"changed": False}`` when there is no lock."""
         digest = self._token_hash(token)
         held = self._read_lock()
@@ -891,7 +962,7 @@ class ReleaseStore:
         if (held or {}).get("token_sha256") != digest:
             raise DevboxOpsError("lock_token=%s does not own the lock: %s" % (MASK, self.held_message(held or {})),
                                  param="lock_token", value=MASK)
-        if not self._take_aside(held):
+        if not dry_run and not self._take_aside(held):
             raise DevboxOpsError("deploy lock changed hands while releasing it", param="lock_token", value=MASK)
         return {"changed": True, "holder": self._public(held)}
 

@@ -16,7 +16,7 @@ description:
   - Runs C(pm2 jlist) (tolerating banners such as C(In-memory PM2 is out-of-date)) and returns one
     entry per process. Env values never leave the host; every value is replaced by C(********).
 author:
-  - devbox.ops team
+  - devbox.ops team (@devbox-ops)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.ACTIONGROUPS

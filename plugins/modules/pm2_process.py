@@ -21,7 +21,7 @@ description:
     (C(DEVBOX_OPS_SPEC), env values as salted sha256 digests), so drift names fields such as
     C(env.API_KEY) or C(max_memory_restart) without revealing values.
 author:
-  - devbox.ops team
+  - devbox.ops team (@devbox-ops)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.ACTIONGROUPS

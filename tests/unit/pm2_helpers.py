@@ -20,6 +20,16 @@ http.createServer((req, res) => res.end(JSON.stringify({
 }))).listen(Number(process.env.PORT), '127.0.0.1');
 """
 
+# A non-Node app: interpreter python3 with interpreter_args and args; answers with its argv.
+SERVER_PY = """\
+import http.server, json, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"argv": sys.argv[1:], "xoptions": sys._xoptions}).encode()
+        self.send_response(200); self.end_headers(); self.wfile.write(body)
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[sys.argv.index("--port") + 1])), H).serve_forever()
+"""
+
 CRASH_JS = """\
 console.error('boom-marker: cannot start');
 process.exit(3);
@@ -63,4 +73,5 @@ def apps_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("pm2apps")
     (root / "server.js").write_text(SERVER_JS)
     (root / "crash.js").write_text(CRASH_JS)
+    (root / "server.py").write_text(SERVER_PY)
     return root

@@ -2,6 +2,7 @@
 """PM2 engine against a real PM2 daemon (private PM2_HOME, killed at the end of the session)."""
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -10,7 +11,9 @@ from ansible_collections.devbox.ops.plugins.module_utils.pm2 import (
     MASK, AppSpec, PM2Client, parse_jlist, redact_env)
 from ansible_collections.devbox.ops.plugins.module_utils.runner import SubprocessRunner
 
-from pm2_helpers import apps_dir, free_port, http_json, pm2, pm2_home, raw_jlist  # noqa: F401
+from pm2_helpers import free_port, http_json, raw_jlist
+# Fixtures, used by name:
+from pm2_helpers import apps_dir, pm2_home  # noqa: F401 pylint: disable=unused-import
 
 BANNER = (">>>> In-memory PM2 is out-of-date, do:\n>>>> $ pm2 update\n"
           "In memory PM2 version: 6.0.8\nLocal PM2 version: 7.0.4\n\n")
@@ -64,6 +67,9 @@ def test_jlist_survives_banner_and_masks_env(client, pm2_home, apps_dir):
     assert raw["pm2_env"]["env"]["API_KEY"] == CANARY_1 and raw["pm2_env"]["API_KEY"] == CANARY_1
     # ... and redact_env masks both the env dict and PM2's top-level copies of it.
     assert CANARY_1 not in json.dumps(redact_env(raw))
+    # logs() reads the files PM2 names in jlist.
+    out = [entry for entry in client.logs("banner-app", lines=5) if entry["stream"] == "out"][0]
+    assert out["path"] == proc["out_file"] and "hello-out %d" % proc["pid"] in out["lines"]
     converge(client, spec("banner-app", apps_dir / "server.js"), "absent")
 
 
@@ -93,6 +99,14 @@ def test_start_idempotent_env_drift_and_secrets(client, apps_dir):
     client.apply(plan, timeout=30)
     assert http_json(port)["key"] is None
     assert client.plan(third).action == "none"
+
+    # reloaded always acts; on a fork app PM2 restarts, and the plan says so.
+    plan = client.plan(third, "reloaded")
+    assert plan.action == "reload" and "fork mode" in plan.warnings[0]
+    old_pid = http_json(port)["pid"]
+    procs = client.apply(plan, timeout=30)
+    assert procs[0]["status"] == "online" and http_json(port)["pid"] == procs[0]["pid"] != old_pid
+    converge(client, third, "absent")
 
 
 def test_stop_and_absent_are_idempotent(client, apps_dir):
@@ -137,14 +151,17 @@ def test_scale_keeps_instance_zero_and_cluster_env_reloads(client, apps_dir):
     converge(client, changed, "absent")
 
 
-def test_reloaded_fork_app_warns(client, apps_dir):
-    app = spec("forky", apps_dir / "server.js", env={"PORT": str(free_port())})
-    converge(client, app)
-    plan = client.plan(app, "reloaded")
-    assert plan.action == "reload" and "fork mode" in plan.warnings[0]
-    old = client.jlist("forky")[0]["pid"]
-    procs = client.apply(plan, timeout=30)
-    assert procs[0]["status"] == "online" and procs[0]["pid"] != old
+def test_python_app_with_interpreter_and_args(client, apps_dir):
+    port = free_port()
+    app = AppSpec.from_params({"name": "py app", "script": "server.py", "cwd": str(apps_dir),
+                               "interpreter": "python3", "interpreter_args": "-X devbox=yes",
+                               "args": "--port %d --label 'two words; $(no shell)'" % port,
+                               "min_uptime": 300})
+    plan, procs = converge(client, app)
+    assert plan.action == "start" and procs[0]["interpreter"] == "python3"
+    expected = {"argv": ["--port", str(port), "--label", "two words; $(no shell)"], "xoptions": {"devbox": "yes"}}
+    assert http_json(port) == expected
+    assert client.plan(app).action == "none"
     converge(client, app, "absent")
 
 
@@ -186,15 +203,6 @@ def test_shell_metacharacters_in_name_stay_literal(client, apps_dir, tmp_path, m
     assert not any(n.startswith("pwned-") for n in os.listdir(os.getcwd()))
 
 
-def test_logs_read_files_directly(client, apps_dir):
-    app = spec("loggy", apps_dir / "server.js", env={"PORT": str(free_port())})
-    _plan, procs = converge(client, app)
-    logs = client.logs("loggy", lines=5)
-    out = [entry for entry in logs if entry["stream"] == "out"][0]
-    assert out["path"] == procs[0]["out_file"] and "hello-out %d" % procs[0]["pid"] in out["lines"]
-    converge(client, app, "absent")
-
-
 def test_partial_spec_controls_existing_app_only(client, apps_dir):
     with pytest.raises(DevboxOpsError, match="script is required to start new app ghost"):
         client.plan(AppSpec.from_params({"name": "ghost"}), "started")
@@ -213,6 +221,24 @@ def test_partial_spec_controls_existing_app_only(client, apps_dir):
     # The same env without script is not drift.
     assert client.plan(AppSpec.from_params({"name": "ctl", "env": {"API_KEY": CANARY_1}})).action == "none"
     converge(client, bare, "absent")
+
+
+def test_app_started_by_hand_is_taken_over(client, pm2_home, apps_dir):
+    port = free_port()
+    env = dict(os.environ, PM2_HOME=pm2_home, PORT=str(port), API_KEY=CANARY_2)
+    subprocess.run([client.executable, "start", str(apps_dir / "server.js"), "--name", "by-hand"], env=env,
+                   stdout=subprocess.DEVNULL, check=True, timeout=60)
+    proc = client.wait_online("by-hand", 1, 200, timeout=20)[0]
+    assert proc["managed"] is False and proc["env"]["API_KEY"] == MASK and CANARY_2 not in repr(proc)
+    app = spec("by-hand", apps_dir / "server.js", env={"PORT": str(port)})
+    stop_plan = client.plan(app, "stopped")  # drift is reported, not applied, when stopping
+    assert stop_plan.action == "stop" and "state=stopped does not apply it" in stop_plan.warnings[0]
+    plan = client.plan(app)
+    assert plan.action == "recreate" and plan.drift == ["unmanaged"] and "not started by devbox.ops" in plan.warnings[0]
+    procs = client.apply(plan, timeout=30)
+    assert procs[0]["managed"] is True and procs[0]["env"] == {"PORT": MASK}
+    assert http_json(port)["key"] is None and client.plan(app).action == "none"
+    converge(client, app, "absent")
 
 
 def test_load_ecosystem_js_and_json(client, tmp_path):
@@ -293,3 +319,10 @@ def test_spec_repr_and_fingerprint_hide_env_values():
     app = AppSpec.from_params({"name": "s", "script": "/a.js", "env": {"TOKEN": CANARY_1}})
     assert CANARY_1 not in repr(app) and CANARY_1 not in json.dumps(app.fingerprint())
     assert app.ecosystem_app()["env"]["TOKEN"] == CANARY_1  # only the private ecosystem file has it
+
+
+def test_parse_jlist_never_quotes_broken_output():
+    assert parse_jlist("[PM2] Spawning PM2 daemon\n[PM2] PM2 Successfully daemonized\n[]\n") == []
+    with pytest.raises(DevboxOpsError) as err:
+        parse_jlist(BANNER + '[{"pm2_env": {"env": {"API_KEY": "%s"' % CANARY_1)
+    assert "no JSON process list" in str(err.value) and CANARY_1 not in str(err.value)

@@ -6,7 +6,9 @@ import subprocess
 
 import pytest
 
-from pm2_helpers import apps_dir, free_port, http_json, pm2_home, raw_jlist  # noqa: F401
+from pm2_helpers import free_port, http_json, raw_jlist
+# Fixtures, used by name:
+from pm2_helpers import apps_dir, pm2_home  # noqa: F401 pylint: disable=unused-import
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ANSIBLE = os.path.join(REPO, ".venv", "bin", "ansible")
