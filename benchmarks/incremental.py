@@ -39,9 +39,9 @@ def make_app(top, files, total_mb, dirs, seed=7):
     rnd = random.Random(seed)
     corpus = []
     while sum(len(line) for line in corpus) < (1 << 20):
-        corpus.append(" ".join(rnd.choice(WORDS) for _ in range(rnd.randint(3, 14))) + "\n")
+        corpus.append(" ".join(rnd.choice(WORDS) for _word in range(rnd.randint(3, 14))) + "\n")
     corpus = "".join(corpus)
-    sizes = [rnd.lognormvariate(8.0, 1.1) for _ in range(files)]
+    sizes = [rnd.lognormvariate(8.0, 1.1) for _file in range(files)]
     scale = total_mb * 1e6 / sum(sizes)
     sizes = [max(40, min(int(s * scale), len(corpus) - 1)) for s in sizes]
     dir_names = [""]
@@ -98,7 +98,7 @@ def main():
         paths, total = make_app(src, args.files, args.mb, args.dirs)
         store = ReleaseStore(os.path.join(work, "app"), app="bench")
         t0 = time.perf_counter()
-        first, _ = store.create(src)
+        first = store.create(src)[0]
         store.activate(first["id"])
         print("app: %d files, %s of content, %d directories; release 1 built in %.3f s"
               % (len(paths), mb(total), args.dirs, time.perf_counter() - t0))

@@ -55,6 +55,7 @@ import zipfile
 from datetime import datetime, timezone
 
 from ansible_collections.devbox.ops.plugins.module_utils.errors import DevboxOpsError, bad_value
+from ansible_collections.devbox.ops.plugins.module_utils.events import MASK, is_secret_key, redact, redact_text
 from ansible_collections.devbox.ops.plugins.module_utils.runner import SubprocessRunner
 
 ID_RE = re.compile(r"\A[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}(?:-[0-9]{1,3})?\Z")
@@ -72,10 +73,7 @@ SUCCESS_RESULTS = ("success", "succeeded", "ok")
 REF_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9._/+-]{0,254}\Z")
 APP_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 TOKEN_RE = re.compile(r"\A[A-Za-z0-9_.~+/=-]{16,256}\Z")
-SECRET_KEY_RE = re.compile(r"(?i)(passw|secret|token|api[_-]?key|private[_-]?key|credential|auth|cookie|\Aenv\Z)")
-URL_USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 GIT_ENV = {"GIT_TERMINAL_PROMPT": "0"}
-MASK = "********"
 
 
 # ---------------------------------------------------------------- small helpers
@@ -109,10 +107,6 @@ def redact_location(location):
     return "%s://%s%s%s" % (scheme, netloc.rsplit("@", 1)[-1], sep, path)
 
 
-def redact_text(text):
-    return URL_USERINFO_RE.sub(r"\1", text)
-
-
 def url_secrets(url):
     """The parts of a URL that may be credentials: user info, each half of it, query and fragment."""
     if "://" not in url:
@@ -135,15 +129,30 @@ def mask_secrets(text, secrets_):
     return redact_text(text)
 
 
-def redact(value):
-    """Copy of an event with secret-looking keys masked and URL credentials removed."""
+def secret_values(value):
+    """Secret values in an event (under secret keys, or URL credentials), so a caller can hide them
+    from every output; :func:`events.redact` masks the same in what is written."""
+    found = []
     if isinstance(value, dict):
-        return dict((k, MASK if SECRET_KEY_RE.search(str(k)) else redact(v)) for k, v in value.items())
+        for k, v in value.items():
+            if is_secret_key(k):
+                found.extend(secret_leaves(v))
+            else:
+                found.extend(secret_values(v))
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            found.extend(secret_values(v))
+    elif isinstance(value, str):
+        found.extend(url_secrets(value) if "://" in value else [])
+    return found
+
+
+def secret_leaves(value):
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in secret_leaves(v)]
     if isinstance(value, (list, tuple)):
-        return [redact(v) for v in value]
-    if isinstance(value, str):
-        return redact_text(value)
-    return value
+        return [x for v in value for x in secret_leaves(v)]
+    return [] if value is None or isinstance(value, bool) else [str(value)]
 
 
 def pid_alive(pid):
@@ -572,11 +581,15 @@ class ReleaseStore:
             build.update(skipped=skipped[:LIST_CAP], seconds=round(time.monotonic() - started, 3))
             manifest["build"] = build
             tmp = build.pop("tmp")
-            index = {"source_dir": top if source_type == "dir" else None, "files": entries}
-            write_json(os.path.join(tmp, INDEX), index)
-            write_json(os.path.join(tmp, MANIFEST), manifest)
-            os.chmod(tmp, 0o755)
-            os.rename(tmp, self._path(release_id))
+            try:
+                write_json(os.path.join(tmp, INDEX), {"source_dir": top if source_type == "dir" else None,
+                                                      "files": entries})
+                write_json(os.path.join(tmp, MANIFEST), manifest)
+                os.chmod(tmp, 0o755)
+                os.rename(tmp, self._path(release_id))
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             fsync_dir(self.releases_dir)
             return manifest, True
         finally:

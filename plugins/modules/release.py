@@ -365,7 +365,8 @@ stats:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.devbox.ops.plugins.module_utils.errors import DevboxOpsError
-from ansible_collections.devbox.ops.plugins.module_utils.releases import ReleaseStore, redact
+from ansible_collections.devbox.ops.plugins.module_utils.events import redact
+from ansible_collections.devbox.ops.plugins.module_utils.releases import ReleaseStore, secret_values, url_secrets
 from ansible_collections.devbox.ops.plugins.module_utils.runner import AnsibleRunner
 
 
@@ -474,12 +475,14 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    # secret-looking event values and URL credentials stay out of every output, invocation included
+    module.no_log_values.update(secret_values(p["event"] or {}) + url_secrets(p["source"] or ""))
     try:
         store = ReleaseStore(p["root"], p["app"], AnsibleRunner(module))
         before = state(*summary(store))
         result = run(store, p, module.check_mode)
         releases, cur = summary(store)
-    except DevboxOpsError as exc:
+    except (DevboxOpsError, OSError) as exc:
         module.fail_json(msg=str(exc), changed=False)
     after = planned(before, p, result) if module.check_mode else state(releases, cur)
     result.update(releases=releases, current=after["current"])

@@ -117,8 +117,12 @@ def test_record_list_prune_rollback(tmp_path, root):
         store.activate(ids[-1])
     rc, res, out = module(tmp_path, {"root": root, "action": "record",
                                      "event": {"action": "deploy", "result": "success", "duration_s": 12,
-                                               "release": ids[-1], "api_token": "do-not-print-me"}})
+                                               "release": ids[-1], "api_token": "do-not-print-me",
+                                               "repo": "https://ci:pat-Xy12@git.example/r.git"}}, "-vvvv")
     assert rc == 0 and res["changed"] is True and res["event"]["api_token"] == "********"
+    assert res["event"]["repo"] == "https://ci:********@git.example/r.git"
+    assert "module_args" in out  # the invocation is printed at -vvvv ...
+    assert "do-not-print-me" not in out + json.dumps(res) and "pat-Xy12" not in out + json.dumps(res)  # ... masked
     with open(os.path.join(root, "history.jsonl")) as f:
         assert "do-not-print-me" not in f.read()
     rc, res = module(tmp_path, {"root": root, "action": "list"})[:2]

@@ -661,7 +661,7 @@ def test_record_history_stats(store):
     assert "hunter2" not in text and "pat123" not in text and "abc" not in text
     events = store.history()
     assert [e["action"] for e in events] == ["deploy", "deploy", "lock"]
-    assert events[0]["db_password"] == "********" and events[0]["source"] == "https://git.example/r.git"
+    assert events[0]["db_password"] == "********" and events[0]["source"] == "https://bob:********@git.example/r.git"
     assert events[0]["app"] == "web" and events[0]["at"].endswith("Z")
     assert [e["action"] for e in store.history(limit=1)] == ["lock"]
     stats = store.stats()
@@ -721,5 +721,33 @@ def test_crash_mid_create_leaves_no_release_and_next_create_succeeds(store, tmp_
     assert leftovers  # the half build is there, under a name no reader takes for a release
     m, created = store.create(src)
     assert created and m["build"]["files"] == 8000
+    assert release_dirs(store) == [m["id"]]
+    assert [n for n in os.listdir(store.releases_dir) if n.startswith(".tmp-")] == []
+
+
+def test_special_files_are_skipped_and_reported(store, src):
+    os.mkfifo(os.path.join(src, "pipe"))
+    m = store.create(src)[0]
+    assert m["build"]["skipped"] == ["pipe"]
+    assert not os.path.lexists(os.path.join(store.releases_dir, m["id"], "pipe"))
+
+
+def test_file_deleted_during_build_leaves_no_half_release(store, src):
+    """A developer deletes a file between the scan and the copy. That race cannot be timed for real,
+    so the copy step is wrapped to delete its source first (fault injection, not a stand-in)."""
+    m = store.create(src)[0]
+    edit(os.path.join(src, "app.py"), "changed\n")
+    original = rel.copy_hashed
+
+    def vanish(path_from, path_to, mode):
+        os.unlink(path_from)
+        return original(path_from, path_to, mode)
+
+    rel.copy_hashed = vanish
+    try:
+        with pytest.raises(OSError):
+            store.create(src)
+    finally:
+        rel.copy_hashed = original
     assert release_dirs(store) == [m["id"]]
     assert [n for n in os.listdir(store.releases_dir) if n.startswith(".tmp-")] == []
