@@ -58,7 +58,7 @@ def parse_field(text, spec):
     low, high, names, offset = spec
     values = set()
     for item in text.split(","):
-        rng, _, step = item.partition("/")
+        rng, _sep, step = item.partition("/")
         step = int(step) if step.isdigit() and int(step) > 0 else (1 if not step else None)
         if step is None:
             raise ValueError(item)

@@ -32,7 +32,7 @@ class Harness:
 
     def run(self, *args, env=None, timeout=180):
         return subprocess.run([HARNESS] + list(args), env=env or self.env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, universal_newlines=True, timeout=timeout)
+                              stderr=subprocess.PIPE, universal_newlines=True, timeout=timeout, check=False)
 
     def ok(self, *args):
         r = self.run(*args)
@@ -44,7 +44,7 @@ class Harness:
                 "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
                 "-o", "ConnectTimeout=5", "devbox@%s" % IPS[host], command]
         return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              universal_newlines=True, timeout=timeout)
+                              universal_newlines=True, timeout=timeout, check=False)
 
     def sh(self, host, command):
         r = self.ssh(host, command)
@@ -255,7 +255,7 @@ def test_status_ip_and_inventory(harness, tmp_path):
         assert harness.ok("inventory", "--format", fmt, "--write", path) == "inventory: %s\n" % path
         r = subprocess.run([ansible, "-i", path, "devboxes", "-o", "-b", "-m", "ansible.builtin.command",
                             "-a", "hostname"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           universal_newlines=True, timeout=120)
+                           universal_newlines=True, timeout=120, check=False)
         assert r.returncode == 0, r.stdout + r.stderr
         for host in ("devbox1", "devbox2", "devbox3"):
             assert "%s | CHANGED | rc=0 | (stdout) %s" % (host, host) in r.stdout
@@ -301,7 +301,7 @@ def test_down_removes_what_it_made_and_only_that(harness):
         names = netns_names()
         assert foreign in names
         assert not [n for n in names if n in ("dbx-devbox1", "dbx-devbox2", "dbx-devbox3")]
-        links = subprocess.run(["ip", "-o", "link"], stdout=subprocess.PIPE, universal_newlines=True).stdout
+        links = subprocess.run(["ip", "-o", "link"], stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
         assert not [w for w in links.split() if w.startswith("dbxh")]
         assert not any(map(pid_alive, pids))
         assert not os.path.exists(os.path.join(harness.state, "hosts"))

@@ -108,7 +108,7 @@ def test_list_is_newest_first_by_manifest_not_mtime(store, src):
 
 
 def test_same_second_same_label_gets_a_distinct_id(store, src):
-    ids = [store.create(files(src), label="x", min_free_bytes=0)["id"] for _ in range(3)]
+    ids = [store.create(files(src), label="x", min_free_bytes=0)["id"] for _unused in range(3)]
     assert len(set(ids)) == 3
     assert all(backup.ID_RE.match(i) for i in ids)
 
@@ -216,7 +216,7 @@ def _make_db(path, journal_mode):
     conn.execute("CREATE TABLE meta (txns INTEGER NOT NULL)")
     conn.execute("BEGIN")
     conn.executemany("INSERT INTO acct (bal) VALUES (?)", [(1000,)] * 100)
-    conn.executemany("INSERT INTO log (payload) VALUES (?)", [(os.urandom(400),) for _ in range(8000)])
+    conn.executemany("INSERT INTO log (payload) VALUES (?)", [(os.urandom(400),) for _unused in range(8000)])
     conn.execute("INSERT INTO meta VALUES (8000)")
     conn.execute("COMMIT")
     conn.close()
@@ -550,7 +550,7 @@ def test_mongodump_not_installed_fails_naming_it_without_the_password(store, src
                         mongodb_uri=URI, min_free_bytes=0)
     assert [s["name"] for s in snap["skipped"]] == ["mongo"]
     assert PASSWORD not in json.dumps(snap) and PASSWORD not in json.dumps(store.list())
-    for top, _, names in os.walk(store.root):
+    for top, _dirs, names in os.walk(store.root):
         for name in names:
             if not os.path.islink(os.path.join(top, name)):
                 with open(os.path.join(top, name), "rb") as f:

@@ -20,7 +20,7 @@ def ansible(tmp_path, args, *flags):
         [os.path.join(REPO, ".venv", "bin", "ansible"), "localhost", "-m", "devbox.ops.backup", "-t", str(tree),
          "-e", "ansible_python_interpreter=" + os.path.join(REPO, ".venv", "bin", "python"),
          "-a", json.dumps(args)] + list(flags),
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
     with open(str(tree / "localhost")) as f:
         raw = f.read()
     return proc.returncode, json.loads(raw), raw + proc.stdout + proc.stderr
@@ -53,22 +53,22 @@ def test_create_check_mode_then_create_list_verify_restore_prune(tmp_path, site)
     assert '+        "%s"' % res["backup"]["id"] in out  # the diff shows the snapshot to be made
     assert not os.path.exists(root)
 
-    rc, res, _ = ansible(tmp_path, dict(root=root, paths=paths, label="adhoc", min_free_bytes=0))
+    rc, res, _out = ansible(tmp_path, dict(root=root, paths=paths, label="adhoc", min_free_bytes=0))
     assert rc == 0, res
     first = res["backup"]
     assert res["changed"] is True and first["files"] == 3 and first["hardlinked"] == 0
     assert os.path.isfile(os.path.join(first["path"], "COMPLETE"))
     assert [b["id"] for b in res["backups"]] == [first["id"]]
 
-    rc, res, _ = ansible(tmp_path, dict(root=root, paths=paths, label="adhoc", min_free_bytes=0))
+    rc, res, _out = ansible(tmp_path, dict(root=root, paths=paths, label="adhoc", min_free_bytes=0))
     second = res["backup"]
     assert rc == 0 and second["hardlinked"] == 2  # logo.png and settings.ini; the database is copied afresh
 
-    rc, res, _ = ansible(tmp_path, dict(root=root, action="list"))
+    rc, res, _out = ansible(tmp_path, dict(root=root, action="list"))
     assert rc == 0 and res["changed"] is False
     assert [b["id"] for b in res["backups"]] == [second["id"], first["id"]]
 
-    rc, res, _ = ansible(tmp_path, dict(root=root, action="verify", backup_id=first["id"]))
+    rc, res, _out = ansible(tmp_path, dict(root=root, action="verify", backup_id=first["id"]))
     assert rc == 0 and res["verified"] is True and res["mismatches"] == [] and res["changed"] is False
 
     # damage the app, restore the newest backup (no backup_id), in check mode first
@@ -84,7 +84,7 @@ def test_create_check_mode_then_create_list_verify_restore_prune(tmp_path, site)
     assert "+restore %s from backup %s" % (site["db"], second["id"]) in out
     with open(os.path.join(site["app"], "settings.ini")) as f:
         assert f.read() == "garbage"
-    rc, res, _ = ansible(tmp_path, dict(root=root, action="restore"))
+    rc, res, _out = ansible(tmp_path, dict(root=root, action="restore"))
     assert rc == 0 and res["changed"] is True and res["backup_id"] == second["id"]
     assert sorted(res["restored"]) == want and res["verified"] is True
     with open(os.path.join(site["app"], "settings.ini")) as f:
@@ -92,28 +92,28 @@ def test_create_check_mode_then_create_list_verify_restore_prune(tmp_path, site)
     conn = sqlite3.connect(site["db"])
     assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 100
     conn.close()
-    rc, res, _ = ansible(tmp_path, dict(root=root, action="restore"))
+    rc, res, _out = ansible(tmp_path, dict(root=root, action="restore"))
     assert rc == 0 and res["changed"] is False and res["restored"] == [] and res["unchanged"] == 3
 
-    rc, res, _ = ansible(tmp_path, dict(root=root, action="prune", keep=1), "--check")
+    rc, res, _out = ansible(tmp_path, dict(root=root, action="prune", keep=1), "--check")
     assert rc == 0 and res["changed"] is True and res["removed"] == [first["id"]] and len(res["backups"]) == 2
-    rc, res, _ = ansible(tmp_path, dict(root=root, action="prune", keep=1))
+    rc, res, _out = ansible(tmp_path, dict(root=root, action="prune", keep=1))
     assert rc == 0 and res["removed"] == [first["id"]] and [b["id"] for b in res["backups"]] == [second["id"]]
-    rc, res, _ = ansible(tmp_path, dict(root=root, action="prune", keep=1))
+    rc, res, _out = ansible(tmp_path, dict(root=root, action="prune", keep=1))
     assert rc == 0 and res["changed"] is False and res["removed"] == []
 
 
 def test_corrupt_backup_fails_verify_and_restore(tmp_path, site):
-    rc, res, _ = ansible(tmp_path, dict(root=site["root"], paths=site["paths"][:1], min_free_bytes=0))
+    rc, res, _out = ansible(tmp_path, dict(root=site["root"], paths=site["paths"][:1], min_free_bytes=0))
     assert rc == 0, res
     stored = os.path.join(res["backup"]["path"], "data", "app", "settings.ini")
     with open(stored, "r+b") as f:
         f.write(b"{")
-    rc, res, _ = ansible(tmp_path, dict(root=site["root"], action="verify"))
+    rc, res, _out = ansible(tmp_path, dict(root=site["root"], action="verify"))
     assert rc != 0 and res["verified"] is False
     assert res["mismatches"] == [{"path": "data/app/settings.ini", "problem": "sha256 mismatch"}]
     os.unlink(os.path.join(site["app"], "settings.ini"))
-    rc, res, _ = ansible(tmp_path, dict(root=site["root"], action="restore"))
+    rc, res, _out = ansible(tmp_path, dict(root=site["root"], action="restore"))
     assert rc != 0 and "is corrupt: data/app/settings.ini sha256 mismatch" in res["msg"]
     assert res["verified"] is False and res["mismatches"][0]["path"] == "data/app/settings.ini"
     assert not os.path.exists(os.path.join(site["app"], "settings.ini"))  # nothing was restored
@@ -126,7 +126,7 @@ def made(tmp_path_factory):
     (tmp / "app").mkdir()
     (tmp / "app" / "a.txt").write_text("a")
     made = dict(root=str(tmp / "backups"), paths=[dict(path=str(tmp / "app"))])
-    rc, res, _ = ansible(tmp, dict(made, min_free_bytes=0))
+    rc, res, _out = ansible(tmp, dict(made, min_free_bytes=0))
     assert rc == 0, res
     return made
 
@@ -147,7 +147,7 @@ def test_bad_input_names_the_parameter(tmp_path, made, args, words):
     if args.get("action", "create") == "create":
         full["paths"] = made["paths"]
     full.update(args)
-    rc, res, _ = ansible(tmp_path, full)
+    rc, res, _out = ansible(tmp_path, full)
     assert rc != 0, res
     for word in words:
         assert word in res["msg"], res["msg"]

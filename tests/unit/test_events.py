@@ -140,7 +140,7 @@ class _SMTPHandler(socketserver.StreamRequestHandler):
                 if len(parts) < 3:
                     self._say("334 ")
                     parts.append(self.rfile.readline().decode().strip())
-                _, user, password = base64.b64decode(parts[2]).split(b"\0")
+                _authzid, user, password = base64.b64decode(parts[2]).split(b"\0")
                 authed = (user.decode(), password.decode()) == server.creds
                 self._say("235 2.7.0 accepted" if authed else "535 5.7.8 bad credentials")
             elif verb == "MAIL":
@@ -349,7 +349,7 @@ def test_missing_requests_is_named():
             "from ansible_collections.devbox.ops.plugins.module_utils import events\n"
             "print(events.notify_all([{'kind': 'slack', 'url': 'http://127.0.0.1:9/x'}], "
             "events.make_event('alert', 'api', 'down'))[0]['error'])" % os.path.join(REPO, ".collections"))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     assert "Python library 'requests'" in out.stdout
 
@@ -427,7 +427,10 @@ def test_query_filters(tmp_path):
     for i, (kind, target) in enumerate([("deploy", "api"), ("restart", "api"), ("deploy", "web"),
                                         ("alert", "api"), ("deploy", "api")]):
         log.record(kind, target, "ok", n=i, ts=base + datetime.timedelta(minutes=i))
-    n = lambda found: [e["n"] for e in found]  # noqa: E731
+
+    def n(found):
+        return [e["n"] for e in found]
+
     assert n(log.query()) == [0, 1, 2, 3, 4]
     assert n(log.query(types=["deploy"])) == [0, 2, 4]
     assert n(log.query(types="deploy", target="api")) == [0, 4]
@@ -542,7 +545,7 @@ def test_alert_state_dedup_and_remind():
              ("api", "ok", 402, True),         # recovered
              ("api", "ok", 9999, False),       # good states are never reminded
              ("db", "down", 5, True)]          # first sight, bad
-    assert [state.should_send(k, s, t, remind_after_s=300) for k, s, t, _ in steps] == [x[3] for x in steps]
+    assert [state.should_send(k, s, t, remind_after_s=300) for k, s, t, _want in steps] == [x[3] for x in steps]
     again = events.AlertState(data=json.loads(json.dumps(state.to_dict())))
     assert again.should_send("db", "down", 304, 300) is False and again.should_send("db", "down", 305, 300) is True
     assert events.AlertState().should_send("x", "bad", 0, None) is True
