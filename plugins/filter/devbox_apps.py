@@ -164,8 +164,8 @@ def pm2_table(processes, format="table"):
         return json.dumps(rows, indent=2, sort_keys=True)
     if not rows:
         return "no PM2 processes"
-    cells = [[title for title, _ in TABLE_COLUMNS]]
-    cells += [[_cell(key, row[key]) for _, key in TABLE_COLUMNS] for row in rows]
+    cells = [[column[0] for column in TABLE_COLUMNS]]
+    cells += [[_cell(column[1], row[column[1]]) for column in TABLE_COLUMNS] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(TABLE_COLUMNS))]
     lines = ["  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() for line in cells]
     lines.insert(1, "  ".join("-" * width for width in widths))
