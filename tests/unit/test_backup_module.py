@@ -15,7 +15,8 @@ URI = "mongodb://app:%s@127.0.0.1:27017/app" % PASSWORD
 def ansible(tmp_path, args, *flags):
     """Run the module; the tree callback (-t) writes the JSON result. Returns (rc, result, all output)."""
     tree = tmp_path / ("tree-%d" % len(os.listdir(str(tmp_path))))
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_CALLBACK_RESULT_FORMAT="json")
     proc = subprocess.run(
         [os.path.join(REPO, ".venv", "bin", "ansible"), "localhost", "-m", "devbox.ops.backup", "-t", str(tree),
          "-e", "ansible_python_interpreter=" + os.path.join(REPO, ".venv", "bin", "python"),

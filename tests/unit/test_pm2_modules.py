@@ -20,7 +20,7 @@ CANARY_ECO = "canary-eco-0c9b44"
 
 def ansible(module, args, *flags):
     """Run one module on localhost; returns (rc, all output, the result dict)."""
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_DEPRECATION_WARNINGS="0")
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_DEPRECATION_WARNINGS="0", ANSIBLE_CALLBACK_RESULT_FORMAT="json")
     argv = [ANSIBLE, "localhost", "-i", "localhost,", "-c", "local",
             "-e", "ansible_python_interpreter=%s" % PYTHON,
             "-m", "devbox.ops.%s" % module, "-a", json.dumps(args)] + list(flags)
