@@ -414,6 +414,7 @@ class _Proc:
             "pid": raw.get("pid") or None,
             "restarts": self.restarts,
             "unstable_restarts": self.unstable,
+            "exit_code": env.get("exit_code"),
             "uptime_s": int(self.uptime_ms // 1000),
             "cpu": monit.get("cpu", 0),
             "memory": monit.get("memory", 0),
@@ -770,6 +771,25 @@ class PM2Client:
     def save(self):
         """``pm2 save --force``: write the dump file PM2 resurrects at boot."""
         self._pm2("save", "--force")
+
+    def home(self):
+        """The PM2_HOME this client talks to (``$PM2_HOME`` or ``~/.pm2`` when none was given)."""
+        return self.pm2_home or os.environ.get("PM2_HOME") or os.path.expanduser("~/.pm2")
+
+    def daemon_pid(self):
+        """PID of this PM2_HOME's running daemon, or None. Reads ``pm2.pid`` and checks that the pid is a
+        PM2 daemon (``/proc/PID/cmdline``); unlike every ``pm2`` command, it never starts a daemon."""
+        try:
+            with open(os.path.join(self.home(), "pm2.pid")) as handle:
+                pid = int(handle.read().strip())
+            with open("/proc/%d/cmdline" % pid, "rb") as handle:
+                return pid if handle.read().startswith(b"PM2") else None
+        except (IOError, OSError, ValueError):
+            return None
+
+    def resurrect(self):
+        """``pm2 resurrect``: start the daemon and the apps of the dump file (``pm2 save``)."""
+        self._pm2("resurrect")
 
     def wait_status(self, name, status, timeout=60):
         """Wait until every process of ``name`` is ``status`` ('stopped'), or none exist ('absent')."""

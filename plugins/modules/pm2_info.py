@@ -84,6 +84,9 @@ processes:
     unstable_restarts:
       description: Restarts that happened before the app's min_uptime.
       type: int
+    exit_code:
+      description: Exit code of the last exit (PM2's C(exit_code)), or null when it never exited.
+      type: int
     uptime_s:
       description: Seconds since the process started, 0 unless online.
       type: int
