@@ -398,7 +398,7 @@ def test_demo_inventory():
     host = inv["all"]["children"]["devboxes"]["hosts"]["devbox1"]
     assert host["ansible_host"] == "10.213.1.2" and host["ansible_user"] == "devbox"
     assert host["ansible_port"] == 22 and host["ansible_python_interpreter"] == "/usr/bin/python3"
-    assert host["ansible_ssh_private_key_file"] == "{{ inventory_dir }}/../../.harness/id_ed25519"
+    assert host["ansible_ssh_private_key_file"] == "/var/tmp/devbox-ops-harness/id_ed25519"
     with open(os.path.join(EXAMPLES, "inventory", "group_vars", "devboxes.yml")) as f:
         gv = yaml.safe_load(f)
     assert gv["demo_api_key"] == "demo-secret-not-for-prod"
