@@ -84,7 +84,7 @@ def wait_for(predicate, timeout, step=0.2):
 @pytest.fixture(scope="module")
 def harness():
     if os.geteuid() != 0:
-        pytest.skip("the harness makes namespaces: run these tests as root")
+        pytest.fail("the harness makes namespaces: run these tests as root (a skip would hide them)", pytrace=False)
     state = tempfile.mkdtemp(prefix="devbox-harness-pytest-", dir="/var/tmp")
     h = Harness(state)
     try:

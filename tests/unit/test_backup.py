@@ -474,7 +474,7 @@ def test_optional_missing_path_is_skipped(store, src):
 @pytest.fixture
 def small_fs(tmp_path):
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+        pytest.fail("mounting a tmpfs needs root (a skip would hide this test)", pytrace=False)
     mnt = str(tmp_path / "small")
     os.mkdir(mnt)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", mnt], check=True)
