@@ -907,7 +907,7 @@ class ReleaseStore:
             "acquired_at": iso(now), "token_sha256": self._token_hash(token),
         }
         previous = reason = None
-        for _attempt in range(5):
+        for _attempt in range(20):
             held = self._read_lock()
             if held is not None or os.path.lexists(self.lock_file):
                 if held and held.get("token_sha256") == record["token_sha256"]:
@@ -919,18 +919,19 @@ class ReleaseStore:
                 if dry_run:
                     return {"changed": True, "took_over": True, "holder": self._public(record),
                             "previous": self._public(held), "reason": why}
-                if not self._take_aside(held):
-                    continue
-                previous, reason = self._public(held), why
-            elif dry_run:
+                if self._replace_if(held, record):
+                    return {"changed": True, "took_over": True, "holder": self._public(record),
+                            "previous": self._public(held), "reason": why}
+                continue
+            if dry_run:
                 return {"changed": True, "took_over": False, "holder": self._public(record), "previous": None,
                         "reason": None}
             if self._publish_lock(record):
-                return {"changed": True, "took_over": previous is not None, "holder": self._public(record),
-                        "previous": previous, "reason": reason}
+                return {"changed": True, "took_over": False, "holder": self._public(record),
+                        "previous": None, "reason": None}
         raise DevboxOpsError("deploy lock %s: gave up after repeated contention" % self.lock_file, param="lock")
 
-    def _publish_lock(self, record):
+    def _write_tmp(self, record):
         os.makedirs(self.root, exist_ok=True)
         tmp = "%s.%s" % (self.lock_file, secrets.token_hex(6))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -939,6 +940,11 @@ class ReleaseStore:
             os.fsync(fd)
         finally:
             os.close(fd)
+        return tmp
+
+    def _publish_lock(self, record):
+        """Create ``.lock`` only if there is none: ``link()`` fails like O_EXCL and never shows half a file."""
+        tmp = self._write_tmp(record)
         try:
             os.link(tmp, self.lock_file)
         except FileExistsError:
@@ -948,36 +954,58 @@ class ReleaseStore:
         fsync_dir(self.root)
         return True
 
-    def _take_aside(self, expected):
-        """Remove ``.lock`` only if it still is ``expected`` (rename aside, compare, put back if not)."""
-        aside = "%s.aside-%s" % (self.lock_file, secrets.token_hex(6))
+    @staticmethod
+    def _same_lock(a, b):
+        if a is None or b is None:
+            return a is None and b is None
+        return all(a.get(k) == b.get(k) for k in ("token_sha256", "acquired_at"))
+
+    def _replace_if(self, expected, record):
+        """Swap ``.lock`` from ``expected`` to ``record`` (``None``: remove it) if it still is ``expected``.
+
+        Changes to an existing lock are serialised by ``.lock.break`` (O_EXCL; a breaker that died leaves
+        one behind, which is cleared after 30 s). The new record replaces the old with ``rename()``, so
+        ``.lock`` never goes missing in between and a plain acquirer (``link()``) cannot slip in.
+        """
+        breaker = self.lock_file + ".break"
         try:
-            os.rename(self.lock_file, aside)
-        except FileNotFoundError:
-            return False
-        moved = self._read_lock(aside) or {}
-        expected = expected or {}
-        same = all(moved.get(k) == expected.get(k) for k in ("token_sha256", "acquired_at"))
-        if not same:
+            fd = os.open(breaker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
             try:
-                os.link(aside, self.lock_file)
-            except FileExistsError:
+                if time.time() - os.lstat(breaker).st_mtime > 30:
+                    os.unlink(breaker)
+            except FileNotFoundError:
                 pass
-        os.unlink(aside)
-        return same
+            time.sleep(0.01)
+            return False
+        os.close(fd)
+        try:
+            current = self._read_lock()
+            if not os.path.lexists(self.lock_file) or not self._same_lock(current, expected):
+                return False
+            if record is None:
+                os.unlink(self.lock_file)
+            else:
+                os.rename(self._write_tmp(record), self.lock_file)
+            fsync_dir(self.root)
+            return True
+        finally:
+            os.unlink(breaker)
 
     def release_lock(self, token, dry_run=False):
         """Release ``.lock`` if ``token`` owns it; ``{"changed": False}`` when there is no lock."""
         digest = self._token_hash(token)
-        held = self._read_lock()
-        if held is None and not os.path.lexists(self.lock_file):
-            return {"changed": False, "holder": None}
-        if (held or {}).get("token_sha256") != digest:
-            raise DevboxOpsError("lock_token=%s does not own the lock: %s" % (MASK, self.held_message(held or {})),
-                                 param="lock_token", value=MASK)
-        if not dry_run and not self._take_aside(held):
-            raise DevboxOpsError("deploy lock changed hands while releasing it", param="lock_token", value=MASK)
-        return {"changed": True, "holder": self._public(held)}
+        for _attempt in range(20):
+            held = self._read_lock()
+            if held is None and not os.path.lexists(self.lock_file):
+                return {"changed": False, "holder": None}
+            if (held or {}).get("token_sha256") != digest:
+                raise DevboxOpsError("lock_token=%s does not own the lock: %s" % (MASK, self.held_message(held or {})),
+                                     param="lock_token", value=MASK)
+            if dry_run or self._replace_if(held, None):
+                return {"changed": True, "holder": self._public(held)}
+        raise DevboxOpsError("deploy lock %s: gave up after repeated contention" % self.lock_file, param="lock_token",
+                             value=MASK)
 
     # -- history
 

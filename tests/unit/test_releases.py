@@ -2,6 +2,7 @@
 """ReleaseStore against real files, real git repositories, real archives, real processes and signals."""
 import io
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -627,24 +628,48 @@ def test_dead_pid_on_another_host_is_not_stale_but_age_is(store):
     assert got["took_over"] and "stale_after=1" in got["reason"]
 
 
-def test_lock_race_has_one_winner(store):
-    results = []
+def _race_round(store, contenders):
+    """``contenders`` processes released together by a barrier each try to take the lock once."""
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(contenders)
+    wins = ctx.Queue()
 
     def grab(i):
+        barrier.wait()
         try:
-            store.acquire_lock({"user": "u%d" % i, "host": socket.gethostname(), "pid": os.getpid()},
+            store.acquire_lock({"user": "u%d" % i, "host": socket.gethostname(), "pid": os.getppid()},
                                "token-%016d" % i)
-            results.append(i)
+            wins.put(i)
         except DevboxOpsError:
             pass
 
-    threads = [threading.Thread(target=grab, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(results) == 1
-    assert store.lock_status()["user"] == "u%d" % results[0]
+    procs = [ctx.Process(target=grab, args=(i,)) for i in range(contenders)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    winners = []
+    while not wins.empty():
+        winners.append(wins.get())
+    return winners
+
+
+@pytest.mark.parametrize("start", ["free", "stale"])
+def test_lock_race_has_one_winner(store, start):
+    # Real processes (no GIL to serialise them) start together; 100 rounds of 8. A stale lock (holder pid
+    # gone) makes every contender try the take-over path at once: still exactly one may win.
+    for _round in range(100):
+        if os.path.lexists(store.lock_file):
+            os.unlink(store.lock_file)
+        if start == "stale":
+            store.acquire_lock({"user": "ghost", "host": socket.gethostname(), "pid": dead_pid()}, TOKEN_A)
+        winners = _race_round(store, 8)
+        assert len(winners) == 1, winners
+        assert store.lock_status()["user"] == "u%d" % winners[0]
+        assert not os.path.lexists(store.lock_file + ".break")
+    leftovers = [n for n in os.listdir(store.root) if n.startswith(".lock.")]
+    assert leftovers == []
 
 
 # ---------------------------------------------------------------- history, stats
