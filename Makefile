@@ -36,9 +36,10 @@ system-deps: ## machine packages the demo and tests need (root: apt + npm)
 	./.ci/system-deps
 
 .PHONY: demo
-demo: venv ## one simulated devbox, both example apps deployed, status table
+demo: venv ## one simulated devbox: site.yml, then node-web v1 and v2 by deploy.yml under load, status table
 	$(HARNESS) up 1
 	$(BIN)/ansible-playbook -i $(DEMO_INVENTORY) playbooks/site.yml
+	$(BIN)/python examples/demo_deploy.py -i $(DEMO_INVENTORY)
 	$(BIN)/ansible-playbook -i $(DEMO_INVENTORY) playbooks/status.yml
 
 .PHONY: demo-down

@@ -82,6 +82,31 @@ def run(argv, env=None, timeout=900):
                           universal_newlines=True, timeout=timeout, check=False)
 
 
+def example_source(work, example, version):
+    """A copy of examples/EXAMPLE under ``work`` that answers ``version`` (package.json for Node, app.py for
+    Python); made once per (example, version)."""
+    path = os.path.join(work, "%s-%s" % (example, version))
+    if os.path.isdir(path):
+        return path
+    shutil.copytree(os.path.join(EXAMPLES, example), path, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if example == "node-app":
+        meta_path = os.path.join(path, "package.json")
+        with open(meta_path) as handle:
+            meta = json.load(handle)
+        meta["version"] = version
+        with open(meta_path, "w") as handle:
+            json.dump(meta, handle, indent=2)
+    else:
+        app_path = os.path.join(path, "app.py")
+        with open(app_path) as handle:
+            code = handle.read()
+        if 'DEFAULT_VERSION = "1.0.0"' not in code:
+            raise RuntimeError("examples/python-app/app.py no longer sets DEFAULT_VERSION = \"1.0.0\"")
+        with open(app_path, "w") as handle:
+            handle.write(code.replace('DEFAULT_VERSION = "1.0.0"', 'DEFAULT_VERSION = "%s"' % version))
+    return path
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -97,27 +122,7 @@ class Bench:
         return proc.stdout
 
     def source(self, example, version):
-        """A copy of examples/EXAMPLE that answers `version` (package.json for Node, app.py for Python)."""
-        path = os.path.join(self.work, "%s-%s" % (example, version))
-        if os.path.isdir(path):
-            return path
-        shutil.copytree(os.path.join(EXAMPLES, example), path, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        if example == "node-app":
-            meta_path = os.path.join(path, "package.json")
-            with open(meta_path) as handle:
-                meta = json.load(handle)
-            meta["version"] = version
-            with open(meta_path, "w") as handle:
-                json.dump(meta, handle, indent=2)
-        else:
-            app_path = os.path.join(path, "app.py")
-            with open(app_path) as handle:
-                code = handle.read()
-            if 'DEFAULT_VERSION = "1.0.0"' not in code:
-                raise RuntimeError("examples/python-app/app.py no longer sets DEFAULT_VERSION = \"1.0.0\"")
-            with open(app_path, "w") as handle:
-                handle.write(code.replace('DEFAULT_VERSION = "1.0.0"', 'DEFAULT_VERSION = "%s"' % version))
-        return path
+        return example_source(self.work, example, version)
 
     def write_apps(self):
         apps = []

@@ -7,8 +7,8 @@
 //
 // Environment: PORT (3000), HOST (0.0.0.0), APP_VERSION (package.json version), READY_REQUIRES (comma
 // list of env var NAMES that must be set and non-empty), MONGODB_URI (optional, see mongoCheck),
-// DEVBOX_EXAMPLE_FAULTS=1 enables the test hooks /api/_stall and /api/_crash.
-// Env VALUES are never printed or returned: only names.
+// DEVBOX_EXAMPLE_FAULTS=1 enables the test hooks /api/_stall and /api/_crash, SHUTDOWN_DRAIN_MS (500) see
+// shutdown() below. Env VALUES are never printed or returned: only names.
 'use strict';
 
 const http = require('http');
@@ -19,10 +19,11 @@ const PORT = parseInt(process.env.PORT || '3000', 10);
 const HOST = process.env.HOST || '0.0.0.0';
 const VERSION = process.env.APP_VERSION || pkg.version;
 const FAULTS = process.env.DEVBOX_EXAMPLE_FAULTS === '1';
-const SHUTDOWN_DEADLINE_MS = 2000;
+const DRAIN_MS = Math.max(0, parseInt(process.env.SHUTDOWN_DRAIN_MS || '500', 10) || 0);
+const SHUTDOWN_DEADLINE_MS = DRAIN_MS + 1500;
 
 let stalled = false;
-let shuttingDown = false;
+let phase = 'serving'; // then 'draining' (SHUTDOWN_DRAIN_MS), then 'closing'
 
 function log(msg) {
   console.log(`[${pkg.name} ${process.pid}] ${msg}`);
@@ -66,7 +67,7 @@ async function readiness() {
 
 function send(res, code, body) {
   const text = typeof body === 'string' ? body + '\n' : JSON.stringify(body) + '\n';
-  if (shuttingDown) res.setHeader('Connection', 'close');
+  if (phase !== 'serving') res.setHeader('Connection', 'close');
   res.writeHead(code, {
     'Content-Type': typeof body === 'string' ? 'text/plain; charset=utf-8' : 'application/json',
     'Content-Length': Buffer.byteLength(text),
@@ -107,8 +108,7 @@ const server = http.createServer((req, res) => {
   });
 });
 
-// Requests in progress per socket, so that shutdown can close idle keep-alive sockets at once
-// (Node 18 keeps them open until keepAliveTimeout) and busy ones right after their response.
+// Requests in progress per socket: shutdown ends a kept-alive socket once it has no request left.
 const active = new Map();
 server.on('connection', (sock) => {
   active.set(sock, 0);
@@ -120,19 +120,38 @@ server.on('request', (req, res) => {
   res.once('close', () => {
     const left = (active.get(sock) || 1) - 1;
     active.set(sock, left);
-    if (shuttingDown && left === 0) sock.end();
+    if (phase === 'closing' && left === 0) sock.end();
   });
 });
 
+// Graceful shutdown without a failed request (PM2 reload in cluster mode sends SIGINT, or the 'shutdown'
+// message, to the old worker once its replacement is ready):
+// 1. Stop listening. net.Server.close, not http.Server.close: since Node 19 the latter also destroys the
+//    idle kept-alive sockets at once, and a client whose next request is already on the wire then gets
+//    a reset. In cluster mode the master may still hand this worker a connection it accepted a moment
+//    ago; a worker that is still alive refuses it and the master gives it to another worker.
+// 2. For SHUTDOWN_DRAIN_MS, keep serving: every answer carries `Connection: close`, so a busy client
+//    reconnects (to another worker) after its answer and never races a close.
+// 3. Then close the sockets that stayed idle for the whole window (no client is using them) and the
+//    others after their answer, and exit once every connection is gone; SHUTDOWN_DEADLINE_MS caps it.
 function shutdown(why) {
-  if (shuttingDown) return;
-  shuttingDown = true;
-  log(`${why}: closing (no new connections, idle keep-alive sockets closed)`);
-  server.close(() => {
+  if (phase !== 'serving') return;
+  phase = 'draining';
+  log(`${why}: no new connections; draining kept-alive ones for ${DRAIN_MS} ms`);
+  let closed = false;
+  const exit = () => {
     log('closed cleanly');
     process.exit(0);
+  };
+  net.Server.prototype.close.call(server, () => {
+    closed = true;
+    if (phase === 'closing') exit();
   });
-  for (const [sock, n] of active) if (n === 0) sock.destroy();
+  setTimeout(() => {
+    phase = 'closing';
+    for (const [sock, n] of active) if (n === 0) sock.end();
+    if (closed) exit();
+  }, DRAIN_MS);
   setTimeout(() => {
     log(`still busy after ${SHUTDOWN_DEADLINE_MS} ms: dropping ${active.size} connection(s)`);
     process.exit(0);

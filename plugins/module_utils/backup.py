@@ -43,6 +43,7 @@ import time
 from urllib.parse import quote, unquote, urlsplit
 
 from ansible_collections.devbox.ops.plugins.module_utils.errors import DevboxOpsError, bad_value
+from ansible_collections.devbox.ops.plugins.module_utils.files import copy_hashed, fsync_dir, hash_file, inside, write_synced
 from ansible_collections.devbox.ops.plugins.module_utils.probe import redact_url
 from ansible_collections.devbox.ops.plugins.module_utils.runner import SubprocessRunner
 
@@ -52,7 +53,6 @@ MANIFEST = "MANIFEST.json"
 COMPLETE = "COMPLETE"
 DATA = "data"
 LOCK = ".lock"
-CHUNK = 1024 * 1024
 DEFAULT_MIN_FREE = 64 * 1024 * 1024  # bytes left free on the backup filesystem after a create
 MANIFEST_BYTES_PER_FILE = 300  # estimate of one manifest entry, for the space check
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -81,37 +81,6 @@ def validate_label(label):
     return label
 
 
-def _sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _copy_hashing(src, dst, mode, fd=None):
-    """Copy ``src`` to the new file ``dst`` (or the open ``fd`` of it); return the copied data's sha256."""
-    digest = hashlib.sha256()
-    with open(src, "rb") as fin:
-        if fd is None:
-            fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fout:
-            for block in iter(lambda: fin.read(CHUNK), b""):
-                fout.write(block)
-                digest.update(block)
-            fout.flush()
-            os.fsync(fout.fileno())
-    os.chmod(dst, mode)
-    return digest.hexdigest()
-
-
-def _fsync_write(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _blocks(size, block):
     return -(-size // block) * block if size else 0
 
@@ -138,11 +107,6 @@ def _is_sqlite(path):
             return f.read(16) == b"SQLite format 3\x00"
     except (IOError, OSError):
         return False
-
-
-def _inside(path, parent):
-    path, parent = os.path.realpath(path), os.path.realpath(parent)
-    return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
 
 
 def _key(entry, rel):
@@ -274,7 +238,8 @@ class BackupStore:
                 if not isinstance(path, str) or not os.path.isabs(path):
                     raise bad_value(where + ".path", path, "must be an absolute path")
                 path = os.path.normpath(path)
-                if _inside(self.root, path) or _inside(path, self.root):
+                root, real = os.path.realpath(self.root), os.path.realpath(path)
+                if inside(root, real) or inside(real, root):
                     raise bad_value(where + ".path", path, "overlaps the backup root %s" % self.root)
             name = item.get("name") or (os.path.basename(path) if path else "mongodb")
             if not LABEL_RE.match(name):
@@ -474,20 +439,16 @@ class BackupStore:
         manifest["files"].sort(key=lambda f: f["path"])
         manifest["bytes"] = sum(f["size"] for f in manifest["files"])
         raw = json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8")
-        _fsync_write(os.path.join(target, MANIFEST), raw)
-        _fsync_write(os.path.join(target, COMPLETE), (hashlib.sha256(raw).hexdigest() + "\n").encode("ascii"))
-        dir_fd = os.open(target, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_synced(os.path.join(target, MANIFEST), raw)
+        write_synced(os.path.join(target, COMPLETE), (hashlib.sha256(raw).hexdigest() + "\n").encode("ascii"))
+        fsync_dir(target)
         return manifest
 
     @staticmethod
     def _add_file(manifest, target, rel, st, sha, src_st=None):
         src_st = src_st or st
         manifest["files"].append({
-            "path": rel, "size": st.st_size, "sha256": sha or _sha256_file(os.path.join(target, rel)),
+            "path": rel, "size": st.st_size, "sha256": sha or hash_file(os.path.join(target, rel)),
             "mode": "%04o" % stat.S_IMODE(src_st.st_mode), "mtime_ns": src_st.st_mtime_ns,
             "uid": src_st.st_uid, "gid": src_st.st_gid})
 
@@ -509,7 +470,7 @@ class BackupStore:
                     manifest["hardlinked"] += 1
                     self._add_file(manifest, target, key, st, prev["sha256"])
                     continue
-                sha = _copy_hashing(src, dst, stat.S_IMODE(st.st_mode))
+                sha = copy_hashed(src, dst, stat.S_IMODE(st.st_mode), fsync=True)
                 os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
                 manifest["copied_bytes"] += os.path.getsize(dst)
                 self._add_file(manifest, target, key, os.stat(dst), sha, st)
@@ -527,7 +488,7 @@ class BackupStore:
             return False
         if pst.st_size != prev["size"] or pst.st_mtime_ns != prev["mtime_ns"]:
             return False  # the stored copy was touched: copy afresh
-        if _sha256_file(src) != prev["sha256"]:
+        if hash_file(src) != prev["sha256"]:
             return False
         os.link(prev_path, dst)
         return True
@@ -568,7 +529,7 @@ class BackupStore:
                 problem = "not a regular file"
             elif os.path.getsize(path) != f["size"]:
                 problem = "size %d != %d" % (os.path.getsize(path), f["size"])
-            elif _sha256_file(path) != f["sha256"]:
+            elif hash_file(path) != f["sha256"]:
                 problem = "sha256 mismatch"
             else:
                 continue
@@ -651,7 +612,7 @@ class BackupStore:
             return False
         return (stat.S_ISREG(st.st_mode) and st.st_size == f["size"] and "%04o" % stat.S_IMODE(st.st_mode) == f["mode"]
                 and (not owner or (st.st_uid, st.st_gid) == (f["uid"], f["gid"]))
-                and _sha256_file(path) == f["sha256"])
+                and hash_file(path) == f["sha256"])
 
     def _restore_files(self, manifest, entry, base, dest, dry_run, result):
         prefix = _key(entry, "")
@@ -685,7 +646,7 @@ class BackupStore:
             fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".restore",
                                        dir=os.path.dirname(path))
             try:
-                _copy_hashing(os.path.join(base, f["path"]), tmp, int(f["mode"], 8), fd=fd)
+                copy_hashed(os.path.join(base, f["path"]), tmp, int(f["mode"], 8), fd=fd, fsync=True)
                 os.utime(tmp, ns=(f["mtime_ns"], f["mtime_ns"]))
                 if owner:
                     os.chown(tmp, f["uid"], f["gid"])

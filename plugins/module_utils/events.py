@@ -74,6 +74,40 @@ def redact_text(text):
     return _QUERY_PARAM_RE.sub(query, text) if "=" in text else text
 
 
+_BEARER_RE = re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{8,}")
+_PAIR_RE = re.compile(r"(?P<key>\"?[A-Za-z_][A-Za-z0-9_.-]{0,63}\"?)(?P<sep>\s*[=:]\s*)"
+                      r"(?P<val>\"[^\"]*\"|'[^']*'|[^\s,;&\"'{}\[\]]+)")
+
+
+_SECRET_KEY_CACHE = {}
+
+
+def _secret_key_cached(key):
+    """:func:`is_secret_key` with a bounded cache (log lines repeat the same few keys)."""
+    found = _SECRET_KEY_CACHE.get(key)
+    if found is None:
+        found = is_secret_key(key)
+        if len(_SECRET_KEY_CACHE) < 4096:
+            _SECRET_KEY_CACHE[key] = found
+    return found
+
+
+def redact_pairs(text):
+    """:func:`redact_text`, plus ``Bearer``/``Basic`` tokens and the values of secret-looking ``key=value``,
+    ``key: value`` and ``"key": "value"`` pairs in free text (log lines, messages)."""
+    text = _BEARER_RE.sub(lambda m: "%s %s" % (m.group(1), MASK), redact_text(text))
+
+    def pair(match):
+        value = match.group("val")
+        if value.strip("\"'") == MASK or value.lower() in ("bearer", "basic", "token") \
+                or not _secret_key_cached(match.group("key").strip('"')):
+            return match.group(0)
+        quote = value[0] if value[0] in "\"'" else ""
+        return "%s%s%s%s%s" % (match.group("key"), match.group("sep"), quote, MASK, quote)
+
+    return _PAIR_RE.sub(pair, text) if ("=" in text or ":" in text) else text
+
+
 def redact(value, key=None):
     """A copy of ``value`` (dicts, lists, strings) with every secret masked.
 
@@ -139,23 +173,67 @@ def parse_time(value, param="since"):
     raise bad_value(param, value, "expected an ISO 8601 time (2024-05-01T12:00:00Z), epoch seconds or a datetime")
 
 
+_RELATIVE_RE = re.compile(r"^(\d{1,6})\s*(s|sec|m|min|h|d|w)$")
+_RELATIVE_S = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_moment(value, param="since", now=None):
+    """Like :func:`parse_time`, plus ``now`` and times relative to now: ``30s``, ``15m``, ``2h``, ``1d``, ``1w``."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        match = _RELATIVE_RE.match(text)
+        if match or text == "now":
+            now = parse_time(now, param) if now is not None else utc_now()
+            if not match:
+                return now
+            return now - datetime.timedelta(seconds=int(match.group(1)) * _RELATIVE_S[match.group(2)])
+    try:
+        return parse_time(value, param)
+    except DevboxOpsError:
+        raise bad_value(param, value, "expected an ISO 8601 time (2024-05-01T12:00:00Z), epoch seconds, now, "
+                        "or a time ago such as 30s, 15m, 2h, 1d, 1w")
+
+
+def actor(user=None, host=None, environ=None, awx_job_id=None):
+    """The one place an actor dict is built: ``user`` (given, else ``SUDO_USER``/``USER``/``LOGNAME``/the
+    password database), ``host`` when given (the controller), ``awx_job_id`` when given (AWX's
+    ``awx_job_id``/``tower_job_id`` extra var), and the CI / AWX job ids found in ``environ``
+    (see :data:`ACTOR_ENV`)."""
+    env = os.environ if environ is None else environ
+    user = user or env.get("SUDO_USER") or env.get("USER") or env.get("LOGNAME")
+    if not user:
+        try:
+            user = pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:
+            user = "uid:%d" % os.getuid()
+    found = {"user": str(user)}
+    if host:
+        found["host"] = str(host)
+    if awx_job_id not in (None, ""):
+        found["awx_job_id"] = str(awx_job_id)
+    for name, field in ACTOR_ENV:
+        if env.get(name) and field not in found:
+            found[field] = str(env[name])
+    return found
+
+
+def actor_matches(event_actor, wanted):
+    """Whether ``wanted`` names the event's actor: its user, ``user@host``, or any of its job ids."""
+    if isinstance(event_actor, dict):
+        values = [str(v) for v in event_actor.values() if v not in (None, "")]
+        if event_actor.get("user") and event_actor.get("host"):
+            values.append("%s@%s" % (event_actor["user"], event_actor["host"]))
+    else:
+        values = [str(event_actor)]
+    return str(wanted) in values
+
+
 class Actor:
     """Who ran an action: the user, plus CI / AWX job ids found in the environment."""
 
     @staticmethod
     def detect(environ=None):
-        env = os.environ if environ is None else environ
-        user = env.get("SUDO_USER") or env.get("USER") or env.get("LOGNAME")
-        if not user:
-            try:
-                user = pwd.getpwuid(os.getuid()).pw_name
-            except KeyError:
-                user = "uid:%d" % os.getuid()
-        actor = {"user": user}
-        for name, field in ACTOR_ENV:
-            if env.get(name) and field not in actor:
-                actor[field] = env[name]
-        return actor
+        return actor(environ=environ)
 
 
 def make_event(type, target, result, actor=None, **fields):  # pylint: disable=redefined-builtin
@@ -225,13 +303,18 @@ class EventLog:
             raise bad_value("event_log", self.path, "cannot append: %s" % (exc.strerror or exc))
         return event
 
-    def query(self, since=None, until=None, types=None, target=None, limit=None):
+    def query(self, since=None, until=None, types=None, target=None, limit=None, result=None, actor=None,
+              now=None):  # pylint: disable=redefined-outer-name
         """Events in file order, filtered; ``limit`` keeps the newest ``limit``. Unreadable lines are skipped
-        and counted in :attr:`skipped`."""
-        since = parse_time(since, "since") if since is not None else None
-        until = parse_time(until, "until") if until is not None else None
+        and counted in :attr:`skipped`. ``since``/``until`` take what :func:`parse_moment` takes (``2h`` ago
+        included); ``types``, ``target`` and ``result`` a value or a list; ``actor`` a user, ``user@host`` or
+        a job id (see :func:`actor_matches`)."""
+        since = parse_moment(since, "since", now) if since is not None else None
+        until = parse_moment(until, "until", now) if until is not None else None
         if isinstance(types, str):
             types = [types]
+        targets = [target] if isinstance(target, str) else target
+        results = [result] if isinstance(result, str) else result
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
             raise bad_value("limit", limit, "expected a whole number >= 0")
         self.skipped = 0
@@ -250,12 +333,44 @@ class EventLog:
                     continue
                 if since is not None and when < since or until is not None and when > until:
                     continue
-                if types and event.get("type") not in types or target is not None and event.get("target") != target:
+                if types and event.get("type") not in types or targets and event.get("target") not in targets:
+                    continue
+                if results and event.get("result") not in results:
+                    continue
+                if actor is not None and not actor_matches(event.get("actor"), actor):
                     continue
                 found.append(event)
         if limit is not None:
             found = found[max(0, len(found) - limit):]
         return found
+
+
+def actor_text(event_actor):
+    """``user@host`` plus job ids, for tables: ``alice@laptop github_run_id=42``."""
+    if not isinstance(event_actor, dict):
+        return "-" if event_actor in (None, "") else str(event_actor)
+    text = str(event_actor.get("user") or "?")
+    if event_actor.get("host"):
+        text += "@%s" % event_actor["host"]
+    extra = ["%s=%s" % (k, v) for k, v in sorted(event_actor.items()) if k not in ("user", "host") and v]
+    return " ".join([text] + extra)
+
+
+_DETAIL_KEYS = ("step", "failed_step", "version", "release", "instances", "message", "reason", "error")
+
+
+def format_table(found):
+    """Aligned text lines (a header, then one line per event) for a list of events."""
+    head = ("TIME", "HOST", "TYPE", "TARGET", "RESULT", "ACTOR", "DETAIL")
+    rows = []
+    for event in found:
+        detail = " ".join("%s=%s" % (k, redact_pairs(str(event[k]))) for k in _DETAIL_KEYS
+                          if event.get(k) not in (None, ""))
+        rows.append((str(event.get("ts", "?")), str(event.get("host", "-")), str(event.get("type", "?")),
+                     str(event.get("target", "?")), str(event.get("result", "?")), actor_text(event.get("actor")),
+                     " ".join(detail.split())[:160]))
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head) - 1)]
+    return [("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1]).rstrip() for r in [head] + rows]
 
 
 # ---------------------------------------------------------------- notifiers

@@ -22,6 +22,7 @@ __metaclass__ = type
 import hashlib
 import json
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -487,11 +488,33 @@ def _resolve_executable(executable):
     return path
 
 
-class PM2Client:
-    """A PM2 client for one ``PM2_HOME`` that runs everything through ``runner``."""
+def daemon_running(pm2_home=None):
+    """True when ``<pm2_home>/pm2.pid`` names a live PM2 process (so ``pm2 jlist`` starts nothing).
 
-    def __init__(self, runner, executable="pm2", pm2_home=None, poll_interval=0.2, command_timeout=120):
+    ``pm2_home`` defaults like PM2's: ``$PM2_HOME``, else ``~/.pm2`` of the current user.
+    """
+    home = pm2_home or os.environ.get("PM2_HOME") or os.path.join(
+        os.environ.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir, ".pm2")
+    try:
+        with open(os.path.join(home, "pm2.pid")) as handle:
+            pid = int(handle.read().strip())
+        with open("/proc/%d/comm" % pid) as handle:
+            return handle.read().startswith("PM2")
+    except (IOError, OSError, ValueError):
+        return False
+
+
+class PM2Client:
+    """A PM2 client for one ``PM2_HOME`` that runs everything through ``runner``.
+
+    Any ``pm2`` command starts the PM2 daemon when none runs. With ``spawn_daemon=False`` (check mode),
+    reading the process list without a running daemon returns no process instead of starting one.
+    """
+
+    def __init__(self, runner, executable="pm2", pm2_home=None, poll_interval=0.2, command_timeout=120,
+                 spawn_daemon=True):
         self.runner = runner
+        self.spawn_daemon = spawn_daemon
         self.executable = _resolve_executable(executable)
         if pm2_home is not None:
             pm2_home = os.path.expanduser(_text("pm2_home", pm2_home))
@@ -516,6 +539,8 @@ class PM2Client:
         return self._run([self.executable] + [str(a) for a in args], **kwargs)
 
     def _procs(self, name=None):
+        if not self.spawn_daemon and not daemon_running(self.pm2_home):
+            return []
         now_ms = int(time.time() * 1000)
         procs = [_Proc(raw, now_ms) for raw in parse_jlist(self._pm2("jlist"))]
         counts = {}

@@ -9,7 +9,7 @@ Layout under ``root`` (one app)::
     releases/<id>/                    code; <id> = YYYYmmddTHHMMSSZ-<8 hex of the content hash>
     releases/<id>/.devbox-release.json  manifest (id, app, version, sha, content_hash, created_at,
                                         source, status, status_history, build, incremental)
-    releases/<id>/.devbox-files.json    file index (kind, mode, sha256, size, mtime) used for hardlinks
+    releases/<id>/.devbox-files.json.gz file index (kind, mode, sha256, size, stat signature, mtime)
     releases/.tmp-<label>-<pid>-<rand>  builds and staging; invisible until renamed to releases/<id>
     current -> releases/<id>          relative symlink, replaced atomically (symlink + rename)
     shared/                           owned by the deploy role
@@ -25,11 +25,14 @@ Decisions worth knowing:
   rolled away from, so none of them is picked automatically. A ``rolled_back`` release may still be
   named explicitly (``to=<id>``); a ``failed`` one never.
 * Unchanged files are hardlinked from the newest non-failed release, so releases share inodes: an app
-  must not edit its own code in place. A linked file whose size or mtime no longer match the index is
-  copied instead of linked.
+  must not edit its own code in place. A base file whose mode, size or mtime no longer match the index
+  is copied instead of linked (one ``lstat`` per base file, after the scan).
 * For a directory source, a file whose (dev, inode, size, mtime, ctime) equal those recorded by the
   previous release built from the same directory reuses its recorded sha256 (the check git and rsync
-  use; ctime cannot be set back by user space). Everything else is hashed.
+  use; ctime cannot be set back by user space). Everything else is hashed; ``full_hash=True`` hashes
+  every file.
+* The file index is written without fsync (the manifest is fsynced): a lost index only makes the next
+  build copy instead of link.
 * Symlinks must be relative and stay inside the tree, for every source type.
 """
 
@@ -38,6 +41,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import fnmatch
+import functools
 import getpass
 import gzip
 import hashlib
@@ -56,6 +60,7 @@ from datetime import datetime, timezone
 
 from ansible_collections.devbox.ops.plugins.module_utils.errors import DevboxOpsError, bad_value
 from ansible_collections.devbox.ops.plugins.module_utils.events import MASK, is_secret_key, redact, redact_text
+from ansible_collections.devbox.ops.plugins.module_utils.files import copy_hashed, fsync_dir, hash_file, inside
 from ansible_collections.devbox.ops.plugins.module_utils.runner import SubprocessRunner
 
 ID_RE = re.compile(r"\A[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}(?:-[0-9]{1,3})?\Z")
@@ -169,17 +174,7 @@ def pid_alive(pid):
         return True
 
 
-def fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_json(path, obj, mode=0o644):
+def write_json(path, obj, mode=0o644, fsync=True):
     """Write ``obj`` to ``path`` atomically (temp file, fsync, rename); gzip when it ends in .gz."""
     tmp = "%s.tmp-%s" % (path, secrets.token_hex(4))
     data = json.dumps(obj, sort_keys=not path.endswith(".gz"), separators=(",", ":"))
@@ -189,7 +184,8 @@ def write_json(path, obj, mode=0o644):
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        if fsync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
@@ -206,36 +202,6 @@ def read_json(path):
         return None
 
 
-def hash_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(1 << 20)
-            if not chunk:
-                return h.hexdigest()
-            h.update(chunk)
-
-
-def copy_hashed(src, dst, mode):
-    """Copy ``src`` to a new file ``dst`` and return the sha256 of what was copied."""
-    h = hashlib.sha256()
-    with open(src, "rb") as fin:
-        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as fout:
-            while True:
-                chunk = fin.read(1 << 20)
-                if not chunk:
-                    break
-                h.update(chunk)
-                fout.write(chunk)
-    os.chmod(dst, mode)
-    return h.hexdigest()
-
-
-def _inside(path, top):
-    return path == top or path.startswith(top.rstrip("/") + "/")
-
-
 def _age_s(path):
     try:
         return time.time() - os.lstat(path).st_mtime
@@ -245,65 +211,125 @@ def _age_s(path):
 
 # ---------------------------------------------------------------- trees: scan, hash, safe extraction
 
-def scan_tree(top, exclude=(), cache=None):
+def _excluder(exclude):
+    """``(names, match)``: literal patterns as a set, the glob patterns as one regex (or None)."""
+    literal = set(p for p in exclude if not any(c in p for c in "*?["))
+    globs = [p for p in exclude if p not in literal]
+    return literal, re.compile("|".join(fnmatch.translate(p) for p in globs)).match if globs else None
+
+
+def scan_dirs(top, exclude=(), previous=None):
+    """:func:`scan_tree` plus ``layout``: relative directory ('' for ``top``) -> the ``(name, rel)`` of
+    its files and symlinks, parents before children. One ``scandir`` per directory and one ``lstat``
+    per entry (relative to the directory's fd); a file is read only when ``previous`` cannot vouch for
+    its digest."""
+    cached = (previous or {}).get
+    names, match = _excluder(exclude)
+    real_top = os.path.realpath(top)
+    entries, skipped, layout, stack = {}, [], {}, [""]
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    s_reg, s_dir, s_lnk = stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK
+    while stack:
+        rel_dir = stack.pop()
+        prefix = rel_dir + "/" if rel_dir else ""
+        here = layout[rel_dir] = []
+        fd = os.open(top + "/" + rel_dir if rel_dir else top, flags)
+        try:
+            with os.scandir(fd) as it:
+                found = list(it)
+            for de in found:
+                name = de.name
+                rel = prefix + name
+                if name in names or rel in names or (match and (match(name) or match(rel))) or \
+                        (not rel_dir and name in RESERVED):
+                    continue
+                st = de.stat(follow_symlinks=False)
+                mode = st.st_mode
+                fmt = mode & 0o170000
+                if fmt == s_reg:
+                    sig = [st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+                    size = st.st_size
+                    known = cached(rel)
+                    if known is not None and known[4] == sig and known[3] == size and known[0] == "f":
+                        digest = known[2]
+                    else:
+                        digest = hash_file(top + "/" + rel)
+                    entries[rel] = ["f", mode & 0o777, digest, size, sig]
+                    here.append((name, rel))
+                elif fmt == s_dir:
+                    entries[rel] = ["d", mode & 0o777 | 0o700, None, 0, None]
+                    stack.append(rel)
+                elif fmt == s_lnk:
+                    target = os.readlink(name, dir_fd=fd)
+                    if os.path.isabs(target) or not inside(os.path.realpath(top + "/" + rel), real_top):
+                        raise DevboxOpsError("symlink %r -> %r leaves the tree; only relative links inside it are "
+                                             "allowed (exclude it or make it relative)" % (rel, target),
+                                             param="source", value=rel)
+                    entries[rel] = ["l", 0, target, 0, None]
+                    here.append((name, rel))
+                else:
+                    skipped.append(rel)
+        finally:
+            os.close(fd)
+    return entries, sorted(skipped), layout
+
+
+def scan_tree(top, exclude=(), previous=None):
     """Walk ``top`` without following links.
 
     Returns ``(entries, skipped)``: ``entries`` maps a relative path to ``[kind, mode, digest, size,
     sig]`` with kind ``d`` (dir), ``f`` (file, digest = sha256) or ``l`` (symlink, digest = target);
-    ``sig`` is the stat signature a later scan of the same directory may trust. ``cache`` maps a
-    relative path to ``(sig, digest, size)`` from that earlier scan. ``exclude`` globs match a
-    relative path or a name at any depth. Sockets, fifos and devices are skipped.
+    ``sig`` is the stat signature ``[dev, inode, mtime_ns, ctime_ns]``. ``previous`` is the ``entries``
+    of an earlier scan of the same directory: a file whose signature and size equal the ones recorded
+    there keeps the recorded digest without being read (the check git's index and rsync use; a
+    rewrite that puts the mtime back still moves the ctime, which user space cannot set). ``exclude``
+    globs match a relative path or a name at any depth. Sockets, fifos and devices are skipped.
     """
-    cache = cache or {}
-    skip = re.compile("|".join(fnmatch.translate(p) for p in exclude)).match if exclude else None
-    real_top = os.path.realpath(top)
-    entries, skipped, stack = {}, [], [""]
-    while stack:
-        rel_dir = stack.pop()
-        prefix = rel_dir + "/" if rel_dir else ""
-        with os.scandir(top + "/" + rel_dir if rel_dir else top) as it:
-            found = list(it)
-        for de in found:
-            name = de.name
-            rel = prefix + name
-            if (not rel_dir and name in RESERVED) or (skip and (skip(name) or skip(rel))):
-                continue
-            st = de.stat(follow_symlinks=False)
-            mode = st.st_mode & 0o777
-            if stat.S_ISREG(st.st_mode):
-                sig = [st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
-                known = cache.get(rel)
-                if known and known[0] == sig and known[2] == st.st_size:
-                    digest = known[1]
-                else:
-                    digest = hash_file(de.path)
-                entries[rel] = ["f", mode, digest, st.st_size, sig]
-            elif stat.S_ISDIR(st.st_mode):
-                entries[rel] = ["d", mode | 0o700, None, 0, None]
-                stack.append(rel)
-            elif stat.S_ISLNK(st.st_mode):
-                target = os.readlink(de.path)
-                if os.path.isabs(target) or not _inside(os.path.realpath(de.path), real_top):
-                    raise DevboxOpsError("symlink %r -> %r leaves the tree; only relative links inside it are "
-                                         "allowed (exclude it or make it relative)" % (rel, target),
-                                         param="source", value=rel)
-                entries[rel] = ["l", 0, target, 0, None]
-            else:
-                skipped.append(rel)
-    return entries, sorted(skipped)
+    return scan_dirs(top, exclude, previous)[:2]
+
+
+def intact_files(top, index):
+    """The files of the release tree ``top`` that still match their ``index`` entries: regular, with the
+    recorded mode, size and mtime (one ``lstat`` each, relative to a directory fd). A release edited in
+    place is caught here, so its changed files are copied, not linked."""
+    by_dir = {}
+    for rel, e in index.items():
+        if e[0] == "f" and len(e) > 5:
+            parent, _sep, name = rel.rpartition("/")
+            by_dir.setdefault(parent, []).append((name, rel, e))
+    intact = set()
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    for parent, items in by_dir.items():
+        try:
+            fd = os.open(top + "/" + parent if parent else top, flags)
+        except OSError:
+            continue
+        try:
+            for name, rel, e in items:
+                try:
+                    st = os.lstat(name, dir_fd=fd)
+                except OSError:
+                    continue
+                if st.st_mtime_ns == e[5] and st.st_size == e[3] and st.st_mode & 0o170777 == stat.S_IFREG | e[1]:
+                    intact.add(rel)
+        finally:
+            os.close(fd)
+    return intact
 
 
 def content_hash(entries):
     """sha256 over sorted paths, kinds, file modes and file hashes (symlinks by target)."""
     lines = []
+    add = lines.append
     for rel in sorted(entries):
-        kind, mode, digest = entries[rel][:3]
+        e = entries[rel]
+        kind = e[0]
         if kind == "f":
-            lines.append("f\0%s\0%o\0%s\n" % (rel, mode, digest))
+            add("f\0%s\0%o\0%s\n" % (rel, e[1], e[2]))
         elif kind == "l":
-            lines.append("l\0%s\0\0%s\n" % (rel, digest))
+            add("l\0%s\0\0%s\n" % (rel, e[2]))
         else:
-            lines.append("d\0%s\n" % rel)
+            add("d\0%s\n" % rel)
     return hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -408,7 +434,7 @@ def extract_archive(path, dest):
         for dst, mode in dir_modes:
             os.chmod(dst, mode)
         for name, rel, target in links:
-            if not _inside(os.path.realpath(os.path.join(dest, rel)), real_dest):
+            if not inside(os.path.realpath(os.path.join(dest, rel)), real_dest):
                 refuse(name, "is a symlink to %r, which leaves the archive" % target)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
         raise bad_value("source", path, "unreadable archive: %s" % exc)
@@ -416,20 +442,60 @@ def extract_archive(path, dest):
 
 def incremental_report(old, new, against):
     """Compare two file maps (rel -> entry) by kind, mode and digest; directories are ignored."""
-    def files(m):
-        return dict((r, tuple(e[:3])) for r, e in m.items() if e[0] != "d")
-    old, new = files(old), files(new)
-    added = sorted(set(new) - set(old))
-    deleted = sorted(set(old) - set(new))
-    common = set(new) & set(old)
-    modified = sorted(r for r in common if new[r] != old[r])
+    added, modified = [], []
+    unchanged = 0
+    for rel, e in new.items():
+        if e[0] == "d":
+            continue
+        o = old.get(rel)
+        if o is None or o[0] == "d":
+            added.append(rel)
+        elif o[2] != e[2] or o[1] != e[1] or o[0] != e[0]:
+            modified.append(rel)
+        else:
+            unchanged += 1
+    deleted = [rel for rel, o in old.items() if o[0] != "d" and new.get(rel, ("d",))[0] == "d"]
+    added.sort()
+    modified.sort()
+    deleted.sort()
     return {
         "against": against,
-        "new": len(added), "modified": len(modified), "deleted": len(deleted),
-        "unchanged": len(common) - len(modified),
+        "new": len(added), "modified": len(modified), "deleted": len(deleted), "unchanged": unchanged,
         "files": {"new": added[:LIST_CAP], "modified": modified[:LIST_CAP], "deleted": deleted[:LIST_CAP]},
         "capped_at": LIST_CAP,
     }
+
+
+def _fill(top, tmp, base_path, plan, movable):
+    """Carry out ``plan`` (``(rel_dir, names to link, (name, rel, entry) to copy)``) in the new tree
+    ``tmp``: link from ``base_path``, copy (or move) from ``top``; a copy gets the mtime of its entry."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    for rel_dir, links, others in plan:
+        dst_fd = os.open(tmp + "/" + rel_dir if rel_dir else tmp, flags)
+        try:
+            if links:
+                prev_fd = os.open(base_path + "/" + rel_dir if rel_dir else base_path, flags)
+                try:
+                    link = functools.partial(os.link, src_dir_fd=prev_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
+                    for name in links:
+                        link(name, name)
+                finally:
+                    os.close(prev_fd)
+            for name, rel, entry in others:
+                if entry[0] == "l":
+                    os.symlink(entry[2], name, dir_fd=dst_fd)
+                    continue
+                src, dst = top + "/" + rel, tmp + "/" + rel
+                if movable:
+                    os.rename(src, dst)
+                    os.chmod(dst, entry[1])
+                    continue
+                if copy_hashed(src, dst, entry[1]) != entry[2]:
+                    raise DevboxOpsError("source=%r: %r changed while the release was being built; run again"
+                                         % (top, rel), param="source", value=top)
+                os.utime(name, ns=(entry[5], entry[5]), dir_fd=dst_fd, follow_symlinks=False)
+        finally:
+            os.close(dst_fd)
 
 
 def detect_source_type(source, ref=None):
@@ -513,11 +579,14 @@ class ReleaseStore:
 
     # -- create
 
-    def create(self, source, source_type=None, version=None, ref=None, exclude=DEFAULT_EXCLUDE, dry_run=False):
+    def create(self, source, source_type=None, version=None, ref=None, exclude=DEFAULT_EXCLUDE, dry_run=False,
+               full_hash=False):
         """Build a release from a directory, a git repo + ref, or an archive.
 
         Returns ``(manifest, created)``. With ``dry_run`` nothing under ``root`` changes (git and
         archives are staged in a temporary directory) and the manifest is the one that would be built.
+        With ``full_hash`` every source file is hashed, even one whose stat signature matches the
+        previous scan of the same directory.
         """
         started = time.monotonic()
         if not isinstance(source, str) or not source:
@@ -528,6 +597,8 @@ class ReleaseStore:
             raise bad_value("ref", ref, "not a safe git ref (branch, tag or sha)")
         if not isinstance(exclude, (list, tuple)) or not all(isinstance(p, str) and p for p in exclude):
             raise bad_value("exclude", exclude, "must be a list of glob patterns")
+        if not isinstance(full_hash, bool):
+            raise bad_value("full_hash", full_hash, "must be true or false")
         source_type = source_type or detect_source_type(source, ref)
         if source_type not in SOURCE_TYPES:
             raise bad_value("source_type", source_type, "must be one of %s" % ", ".join(SOURCE_TYPES))
@@ -553,10 +624,8 @@ class ReleaseStore:
             releases = self.list()
             base = next((m for m in reversed(releases) if m["status"] != "failed"), None)
             base_index, base_dir = self.index(base["id"]) if base else ({}, None)
-            cache = None
-            if source_type == "dir" and base_dir == top:
-                cache = dict((r, (e[4], e[2], e[3])) for r, e in base_index.items() if e[0] == "f" and e[4])
-            entries, skipped = scan_tree(top, exclude, cache)
+            trusted = base_index if source_type == "dir" and base_dir == top and not full_hash else None
+            entries, skipped, layout = scan_dirs(top, exclude, trusted)
             chash = content_hash(entries)
             for m in reversed(releases):
                 if m["content_hash"] == chash and m["status"] != "failed" and version in (None, m.get("version")):
@@ -576,14 +645,14 @@ class ReleaseStore:
             }
             if dry_run:
                 return manifest, True
-            build = self._build(top, entries, release_id, base and base["id"], base_index,
-                                movable=stage is not None)
+            index = {"source_dir": top if source_type == "dir" else None, "files": entries}
+            intact = intact_files(self._path(base["id"]), base_index) if base_index else ()
+            build = self._build(top, entries, layout, release_id, base and base["id"], base_index, intact,
+                                stage is not None, index)
             build.update(skipped=skipped[:LIST_CAP], seconds=round(time.monotonic() - started, 3))
             manifest["build"] = build
             tmp = build.pop("tmp")
             try:
-                write_json(os.path.join(tmp, INDEX), {"source_dir": top if source_type == "dir" else None,
-                                                      "files": entries})
                 write_json(os.path.join(tmp, MANIFEST), manifest)
                 os.chmod(tmp, 0o755)
                 os.rename(tmp, self._path(release_id))
@@ -610,74 +679,48 @@ class ReleaseStore:
             candidate = "%s-%d" % (base, n)
         return candidate
 
-    def _build(self, top, entries, release_id, base_id, base_index, movable):
+    def _build(self, top, entries, layout, release_id, base_id, base_index, intact, movable, index):
         """Fill ``releases/.tmp-<id>-<pid>-<rand>``: link unchanged files from the base, copy the rest.
 
-        A file is linked when the base index has the same kind, mode and sha256 and the base file still
-        has the size and mtime the index recorded. Work is done per directory with directory fds, so
-        each link and lstat resolves one name, not a whole path.
+        A file is linked when the base index has the same kind, mode and sha256 and the base file is
+        ``intact`` (see :func:`intact_files`); anything else is copied (or moved, for a staged source).
+        Each directory is filled through directory fds, so a link resolves one name, not a whole path.
+        A link keeps the base file's mtime and a copy gets the source's, and the file index ``index``
+        records it.
         """
+        base_get = base_index.get
+        plan, size, linked = [], 0, 0
+        for rel_dir, items in layout.items():
+            links, others = [], []
+            for name, rel in items:
+                e = entries[rel]
+                size += e[3]
+                old = base_get(rel)
+                if old is not None and rel in intact and old[2] == e[2] and old[1] == e[1] and e[0] == "f":
+                    links.append(name)
+                    e.append(old[5])
+                else:
+                    others.append((name, rel, e))
+                    if e[0] == "f":
+                        e.append(e[4][2])
+            if items:
+                plan.append((rel_dir, links, others))
+                linked += len(links)
         tmp = self._mkdtemp(release_id)
         base_path = self._path(base_id) if base_id else None
-        by_dir = {"": []}
-        for rel, entry in entries.items():
-            parent, _sep, name = rel.rpartition("/")
-            if entry[0] == "d":
-                by_dir.setdefault(rel, [])
-            else:
-                by_dir.setdefault(parent, []).append((name, rel, entry))
-        linked = copied = size = 0
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
         try:
-            for rel_dir in sorted(by_dir):
+            for rel_dir in layout:
                 if rel_dir:
                     os.mkdir(tmp + "/" + rel_dir, 0o700)
-            for rel_dir, items in by_dir.items():
-                dst_fd = os.open(tmp + "/" + rel_dir if rel_dir else tmp, flags)
-                prev_fd = None
-                if base_path:
-                    try:
-                        prev_fd = os.open(base_path + "/" + rel_dir if rel_dir else base_path, flags)
-                    except OSError:
-                        prev_fd = None
-                try:
-                    for name, rel, entry in items:
-                        kind, mode, digest = entry[:3]
-                        if kind == "l":
-                            os.symlink(digest, name, dir_fd=dst_fd)
-                            continue
-                        size += entry[3]
-                        old = base_index.get(rel) if prev_fd is not None else None
-                        if old and old[0] == "f" and old[1] == mode and old[2] == digest:
-                            try:
-                                st = os.lstat(name, dir_fd=prev_fd)
-                            except OSError:
-                                st = None
-                            if st and stat.S_ISREG(st.st_mode) and st.st_size == old[3] \
-                                    and st.st_mtime_ns == old[5] and st.st_mode & 0o777 == mode:
-                                os.link(name, name, src_dir_fd=prev_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
-                                entry.append(st.st_mtime_ns)
-                                linked += 1
-                                continue
-                        src, dst = top + "/" + rel, tmp + "/" + rel
-                        if movable:
-                            os.rename(src, dst)
-                            os.chmod(dst, mode)
-                        elif copy_hashed(src, dst, mode) != digest:
-                            raise DevboxOpsError("source=%r: %r changed while the release was being built; run "
-                                                 "again" % (top, rel), param="source", value=top)
-                        entry.append(os.lstat(dst).st_mtime_ns)
-                        copied += 1
-                finally:
-                    os.close(dst_fd)
-                    if prev_fd is not None:
-                        os.close(prev_fd)
-            for rel_dir in sorted(by_dir, reverse=True):
+            _fill(top, tmp, base_path, plan, movable)
+            for rel_dir in reversed(list(layout)):
                 if rel_dir:
                     os.chmod(tmp + "/" + rel_dir, entries[rel_dir][1])
+            write_json(os.path.join(tmp, INDEX), index, fsync=False)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        copied = sum(1 for p in plan for o in p[2] if o[2][0] == "f")
         return {"tmp": tmp, "files": linked + copied, "bytes": size, "linked": linked, "copied": copied,
                 "linked_from": base_id if linked else None}
 
@@ -1095,7 +1138,7 @@ class ReleaseStore:
         real_root = os.path.realpath(self.root)
         for path, regexes, must_exist in checks:
             full = os.path.join(top, path)
-            if not _inside(os.path.realpath(full), real_root):
+            if not inside(os.path.realpath(full), real_root):
                 failures.append({"path": path, "regex": None, "reason": "resolves outside the app root"})
                 continue
             if not os.path.isfile(full):

@@ -57,7 +57,7 @@ TOP_KEYS = ("period", "host", "state_file", "event_log", "concurrency", "metrics
             "notifiers", "pm2", "disk", "apps")
 PM2_KEYS = ("executable", "home", "refresh_s", "resurrect", "action_timeout_s")
 DISK_KEYS = ("paths", "warning", "critical", "clean")
-CLEAN_KEYS = ("root", "patterns", "older_than_s", "larger_than")
+CLEAN_KEYS = ("root", "patterns", "older_than_s", "larger_than", "every_s")
 APP_KEYS = ("name", "liveness", "grace_s", "restart_budget", "max_memory", "autoscale")
 BUDGET_KEYS = ("max_restarts", "window_s", "cooldown_s")
 SCALE_KEYS = ("min", "max", "up_cpu", "down_cpu", "periods", "cooldown_s")
@@ -132,6 +132,8 @@ class CleanRule:
         self.older_than_s = _num(where + ".older_than_s", raw.get("older_than_s", 0), strict=False)
         larger = raw.get("larger_than", 0)
         self.larger_than = 0 if larger == 0 else _size(where + ".larger_than", larger)
+        # 0: only at critical disk; otherwise also every every_s seconds (log retention, tmp reaping)
+        self.every_s = _num(where + ".every_s", raw.get("every_s", 0), strict=False)
 
     def matches(self, rel):
         """A pattern with '/' matches the path relative to root ('*' crosses '/'), others the file name."""
@@ -671,7 +673,8 @@ class Watchdog:
         self.errors = collections.deque(maxlen=KEEP_ERRORS)
         self.metrics = None
         self.metrics_at = 0.0
-        self.disk = {"last_cleanup": None, "job": None}
+        self.disk = {"last_cleanup": None, "job": None, "last_retention": None, "retention_job": None}
+        self.retention_at = {}  # (root, patterns) -> when the rule last ran on its schedule
         self.pm2_note = None
         self.resurrect_after = 0.0
         self.handover = False
@@ -879,6 +882,7 @@ class Watchdog:
             app.job = self.pool.submit(self._guard, app.step, self, (usage or {}).get(app.rule.name), now)
         if usage is not None:
             self._disk(now)
+        self._retention(now)
         self.ticks += 1
         self.write_state()
 
@@ -916,7 +920,7 @@ class Watchdog:
         levels = self.metrics["disk_levels"] if self.metrics else {}
         critical = sorted(mount for mount, level in levels.items() if level == "critical")
         for mount in sorted(set(levels) - set(critical)):
-            self.alert("disk:%s" % mount, "ok", "disk %s is below critical again" % mount, now=now)
+            self.alert("disk:%s" % mount, "ok", "disk %s is below critical again" % mount, target=mount, now=now)
         if critical:
             self.disk["job"] = self.pool.submit(self._guard, self._cleanup, critical, now)
 
@@ -940,6 +944,27 @@ class Watchdog:
                            ", ".join(r.root for r in self.cfg.clean) or "no configured path",
                            after[mount].percent), target=mount, now=now)
 
+    def _retention(self, now):
+        """Rules with ``every_s`` also run on their schedule, whatever the disk level (first at start)."""
+        job = self.disk["retention_job"]
+        if job is not None and not job.done():
+            return
+        due = [r for r in self.cfg.clean if r.every_s
+               and now - self.retention_at.get((r.root, tuple(r.patterns)), 0.0) >= r.every_s]
+        if due:
+            for rule in due:
+                self.retention_at[(rule.root, tuple(rule.patterns))] = now
+            self.disk["retention_job"] = self.pool.submit(self._guard, self._retain, due, now)
+
+    def _retain(self, rules, now):
+        report = clean_paths(rules, now)
+        report.update(at=_when(now), roots=[r.root for r in rules])
+        self.disk["last_retention"] = report
+        if report["files"] or report["errors"]:
+            self.record("cleanup", ",".join(r.root for r in rules), "ok" if not report["errors"] else "partial",
+                        reason="retention", files=report["files"], bytes=report["bytes"],
+                        errors=report["errors"][:5] or None)
+
     def run(self, once=False):
         """Tick every ``period`` until :meth:`stop`; an exception in a tick is logged and the loop goes on."""
         LOG.info("watchdog started: %s, period %gs, %d apps", self.config_path, self.cfg.period, len(self.apps))
@@ -959,7 +984,7 @@ class Watchdog:
 
     def drain(self, timeout=None):
         """Wait for running app and disk jobs, then write the state file (used by --once and tests)."""
-        for future in [a.job for a in self.apps.values()] + [self.disk["job"]]:
+        for future in [a.job for a in self.apps.values()] + [self.disk["job"], self.disk["retention_job"]]:
             if future is not None:
                 future.result(timeout)
         self.write_state()
@@ -980,7 +1005,7 @@ class Watchdog:
                     "list_read_at": _when(self.view.read_at), "list_reads": self.view.refreshes},
             "apps": dict((name, app.dump(now)) for name, app in self.apps.items()),
             "metrics": self.metrics,
-            "disk": {"last_cleanup": self.disk["last_cleanup"]},
+            "disk": {"last_cleanup": self.disk["last_cleanup"], "last_retention": self.disk["last_retention"]},
             "alerts": self.alerts.to_dict(), "alerts_delivered": self.alerts_sent,
             "errors": list(self.errors),
         }

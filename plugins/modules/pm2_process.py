@@ -33,7 +33,8 @@ attributes:
     membership: [devbox.ops.pm2]
   check_mode:
     support: full
-    details: Computes the plan, reports C(changed) and the diff, and runs nothing but C(pm2 jlist).
+    details: Computes the plan, reports C(changed) and the diff, and runs nothing but C(pm2 jlist), and that only when
+      the PM2 daemon runs (check mode never starts one; without it there is no process).
   diff_mode:
     support: full
     details: The diff holds the non-secret options before and after, and the list of drifted fields.
@@ -249,7 +250,8 @@ def main():
     params = module.params
     result = dict(changed=False, action="none", drift=[], process=[])
     try:
-        client = PM2Client(AnsibleRunner(module), executable=params["executable"], pm2_home=params["pm2_home"])
+        client = PM2Client(AnsibleRunner(module), executable=params["executable"], pm2_home=params["pm2_home"],
+                           spawn_daemon=not module.check_mode)  # check mode never starts a PM2 daemon
         spec = build_spec(module, client)
         plan = client.plan(spec, params["state"])
         for warning in plan.warnings:

@@ -237,32 +237,16 @@ pm2_daemon:
   sample: true
 """
 
-import os
-import pwd
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.devbox.ops.plugins.module_utils.errors import DevboxOpsError
 from ansible_collections.devbox.ops.plugins.module_utils.metrics import check_thresholds, collect, evaluate
-from ansible_collections.devbox.ops.plugins.module_utils.pm2 import PM2Client
+from ansible_collections.devbox.ops.plugins.module_utils.pm2 import PM2Client, daemon_running
 from ansible_collections.devbox.ops.plugins.module_utils.runner import AnsibleRunner
 
 # raw, so that the engine's message names the parameter and the value (Ansible's float error omits it)
 LEVEL_OPTIONS = dict(warning=dict(type="raw"), critical=dict(type="raw"))
 METRIC_OPTION = dict(type="dict", options=LEVEL_OPTIONS)
-
-
-def pm2_daemon_running(pm2_home):
-    """True when ``<pm2_home>/pm2.pid`` names a live PM2 process (so ``pm2 jlist`` starts nothing)."""
-    home = pm2_home or os.environ.get("PM2_HOME") or os.path.join(
-        os.environ.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir, ".pm2")
-    try:
-        with open(os.path.join(home, "pm2.pid")) as handle:
-            pid = int(handle.read().strip())
-        with open("/proc/%d/comm" % pid) as handle:
-            return handle.read().startswith("PM2")
-    except (IOError, OSError, ValueError):
-        return False
 
 
 def main():
@@ -285,7 +269,7 @@ def main():
         thresholds = check_thresholds(params["thresholds"])  # bad thresholds fail before any work
         processes, daemon = None, None
         if params["include_pm2"]:
-            daemon = pm2_daemon_running(params["pm2_home"])
+            daemon = daemon_running(params["pm2_home"])
             processes = []
             if daemon:
                 client = PM2Client(AnsibleRunner(module), executable=params["executable"],

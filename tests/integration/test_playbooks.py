@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+import yaml
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -29,16 +30,20 @@ STATE = "/var/tmp/devbox-ops-it-playbooks"
 HOST, IP = "devbox1", "10.213.1.2"
 NODE, PY = "http://%s:3000/api/health" % IP, "http://%s:8000/api/health" % IP
 CANARY = "demo-secret-not-for-prod"
+# Every PM2 process of the converged demo host: node-app in cluster x2, py-app, pm2-logrotate (from the offline
+# bundle) and the watchdog of the monitoring role.
+ALL_PROCS = ["devbox-ops-watchdog", "node-app", "node-app", "pm2-logrotate", "py-app"]
 RECAP = re.compile(r"^%s\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)" % HOST, re.M)
 
 OUTPUTS = []  # every ansible-playbook output of this module, for the canary test
 
 
-def harness(*args, timeout=240):
+def harness(*args, timeout=240, check=True):
     env = dict(os.environ, DEVBOX_HARNESS_DIR=STATE)
     proc = subprocess.run([HARNESS] + list(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           universal_newlines=True, timeout=timeout, check=False)
-    assert proc.returncode == 0, "harness %s: rc %d\n%s%s" % (" ".join(args), proc.returncode, proc.stdout, proc.stderr)
+    assert proc.returncode == 0 or not check, "harness %s: rc %d\n%s%s" % (" ".join(args), proc.returncode, proc.stdout,
+                                                                           proc.stderr)
     return proc.stdout
 
 
@@ -152,13 +157,30 @@ def converged(ansible):
     return ansible.ok("playbooks/site.yml")
 
 
+def host_files():
+    """Every path (with type, mode and owner) under the host's home and boot dir, ~/.ansible and ~/.ssh left out."""
+    out = harness("exec", HOST, "--", "find", "/home/devbox", "/usr/start", "-xdev",
+                  "(", "-path", "/home/devbox/.ansible", "-o", "-path", "/home/devbox/.ssh", ")", "-prune",
+                  "-o", "-printf", "%y %m %u %p\\n")
+    return sorted(out.splitlines())
+
+
+def test_check_mode_on_a_fresh_host_succeeds_and_changes_nothing(ansible):
+    # first test of the module: the host is as the harness made it, never touched by the roles
+    before = host_files()
+    assert "d 755 devbox /home/devbox/project" in before and not any(".pm2" in f for f in before), before
+    out = ansible.ok("playbooks/site.yml", "--check")
+    result = recap(out)
+    assert result["failed"] == 0 and result["changed"] > 0, result  # it reports what a real run would do
+    assert host_files() == before  # no PM2_HOME either: no PM2 daemon was started
+
+
 def test_site_converges_and_both_apps_answer_from_the_root_namespace(ansible, converged):
     assert recap(converged)["failed"] == 0
     node, py = wait_healthy(NODE, 10), wait_healthy(PY, 10)
     assert node["version"] == py["version"] == "1.0.0"
     procs = host_pm2()
-    # node-app: cluster x2; pm2-logrotate: installed from the offline bundle
-    assert names(procs) == names(procs, "online") == ["node-app", "node-app", "pm2-logrotate", "py-app"]
+    assert names(procs) == names(procs, "online") == ALL_PROCS
     persistence = debug_results(converged, "Show the boot persistence")[0]["devbox_boot_persistence"]
     assert persistence["method"] == "s6" and persistence["path"] == "/usr/start/devbox-ops-pm2.sh"
     # the ecosystem file holds the secret, so it is private; the boot hook belongs to root
@@ -174,6 +196,13 @@ def test_site_converges_and_both_apps_answer_from_the_root_namespace(ansible, co
 def test_second_run_changes_nothing(ansible, converged):
     out = ansible.ok("playbooks/site.yml")
     assert recap(out)["changed"] == 0, "changed on the second run: %s" % changed_tasks(out)
+
+
+def test_check_mode_on_the_converged_host_reports_no_change(ansible, converged):
+    pids = sorted(host_pm2())
+    out = ansible.ok("playbooks/site.yml", "--check")
+    assert recap(out)["changed"] == 0, "check mode predicts changes on a converged host: %s" % changed_tasks(out)
+    assert sorted(host_pm2()) == pids
 
 
 def test_pm2_brings_back_a_killed_app_with_a_new_pid(ansible, converged):
@@ -247,13 +276,13 @@ def test_status_prints_a_table_and_json(ansible, converged):
                                 "MB"]
     assert set(table[1]) <= {"-", " "}
     rows = [line.split() for line in table[2:]]
-    assert sorted(r[0] for r in rows) == ["node-app", "node-app", "pm2-logrotate", "py-app"]
+    assert sorted(r[0] for r in rows) == ALL_PROCS
     assert all(r[3] == "online" and r[4].isdigit() for r in rows), rows
     assert [r[2] for r in rows if r[0] == "node-app"] == ["cluster", "cluster"]
 
     text = debug_msgs(ansible.ok("playbooks/status.yml", "-e", "status_format=json"), "Print the processes")[0]
     data = json.loads(text)
-    assert sorted(d["name"] for d in data) == ["node-app", "node-app", "pm2-logrotate", "py-app"]
+    assert sorted(d["name"] for d in data) == ALL_PROCS
     assert all(set(d) == {"name", "pm_id", "exec_mode", "status", "pid", "restarts", "uptime_s", "cpu", "memory_mb"}
                for d in data)
     assert all(d["status"] == "online" and d["memory_mb"] > 1 for d in data), data
@@ -267,7 +296,7 @@ def test_reboot_brings_the_apps_back_without_ansible(ansible, converged):
     harness("reboot", HOST)
     node, py = wait_healthy(NODE, 60), wait_healthy(PY, 60)
     after = host_pm2()
-    assert names(after, "online") == names(before, "online") == ["node-app", "node-app", "pm2-logrotate", "py-app"]
+    assert names(after, "online") == names(before, "online") == ALL_PROCS
     assert node["uptime_s"] < 60 and py["uptime_s"] < 60, "the apps answering were not started by this boot"
 
 
@@ -283,6 +312,27 @@ def test_manage_rejects_bad_values_naming_the_variable(ansible, converged, extra
     proc = ansible.run("playbooks/manage.yml", *extra)
     assert proc.returncode != 0
     assert needle in proc.stdout, proc.stdout[-3000:]
+    assert recap(proc.stdout)["changed"] == 0
+    assert sorted(host_pm2()) == before
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["-e", "devbox_apps_dir=apps"], 'devbox_apps_dir="apps": must be an absolute path'),
+    (["-e", "devbox_pymongo_install=sometimes"],
+     "value of devbox_pymongo_install must be one of: auto, always, never, got: sometimes"),
+    (["-e", json.dumps({"devbox_apps": [{"name": "x", "port": 3999, "script": "x.js",
+                                         "deploy": {"strategy": "rolling"}}]})],
+     "value of strategy must be one of: reload, bluegreen, restart, got: rolling found in devbox_apps -> deploy"),
+    (["-e", json.dumps({"devbox_apps": [{"name": "x", "port": 3999, "script": "x.js",
+                                         "deploy": {"slo": {"samples": "many"}}}]})],
+     ("argument 'samples' is of type str found in 'devbox_apps -> deploy -> slo'", "'many'")),
+])
+def test_site_rejects_bad_deploy_settings_naming_the_variable(ansible, converged, extra, needle):
+    before = sorted(host_pm2())
+    proc = ansible.run("playbooks/site.yml", *extra)
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    for text in (needle,) if isinstance(needle, str) else needle:
+        assert text in proc.stdout, (text, proc.stdout[-3000:])
     assert recap(proc.stdout)["changed"] == 0
     assert sorted(host_pm2()) == before
 
@@ -303,3 +353,86 @@ def test_the_secret_never_appears_in_any_output_even_with_vvv(ansible, converged
     assert len(OUTPUTS) >= 15
     leaks = [i for i, out in enumerate(OUTPUTS) if CANARY in out or rotated in out]
     assert leaks == [], "a secret appears in the output of runs %s" % leaks
+
+
+# ------------------------------------------------------------------ apps with deploy settings (supervisor vs deploy)
+# Two more apps beside the demo ones: dep-app (deploy settings, restart strategy) and bg-app (blue-green).
+# Until its first deploy site.yml does not start dep-app; after it, site.yml keeps it as the deploy left it.
+# site.yml never starts, changes or probes bg-app: the deploy role runs its colours and nginx.
+DEP_URL, BG_URL = "http://%s:3100/api/health" % IP, "http://%s:8100/api/health" % IP
+
+
+@pytest.fixture(scope="module")
+def with_deploy_apps(ansible, converged, tmp_path_factory):
+    with open(os.path.join(GROUP_VARS, "devboxes.yml")) as f:
+        group_vars = yaml.safe_load(f)
+    probe = {"path": "/api/health"}
+    group_vars["devbox_apps"] = group_vars["devbox_apps"] + [
+        {"name": "dep-app", "port": 3100, "script": "server.js", "interpreter": "node", "env": {"API_KEY": CANARY},
+         "health": probe, "deploy": {"source": os.path.join(REPO, "examples", "node-app"), "strategy": "restart",
+                                     "slo": {"samples": 10}}},
+        {"name": "bg-app", "port": 8100, "script": "gunicorn", "interpreter": "none",
+         "args": ["-c", "gunicorn.conf.py", "app:application"], "env": {"API_KEY": CANARY, "WEB_CONCURRENCY": "1"},
+         "health": probe, "deploy": {"source": os.path.join(REPO, "examples", "python-app"), "strategy": "bluegreen",
+                                     "slo": {"samples": 10}}},
+    ]
+    inv = tmp_path_factory.mktemp("inventory-deploy")
+    shutil.copy(os.path.join(STATE, "inventory.yml"), str(inv / "hosts.yml"))
+    os.mkdir(str(inv / "group_vars"))
+    with open(str(inv / "group_vars" / "devboxes.yml"), "w") as f:
+        yaml.safe_dump(group_vars, f)
+    return Ansible(str(inv / "hosts.yml"))
+
+
+def ecosystem_names():
+    text = harness("exec", HOST, "--user", "devbox", "--", "node", "-e",
+                   "console.log(JSON.stringify(require('/home/devbox/.devbox-ops/ecosystem.config.js').apps"
+                   ".map(a => [a.name, a.cwd])))")
+    return dict(json.loads(text.strip().splitlines()[-1]))
+
+
+def test_an_app_with_deploy_settings_is_not_started_before_its_first_deploy(with_deploy_apps):
+    out = with_deploy_apps.ok("playbooks/site.yml")
+    msgs = dict((m.split(":", 1)[0], m) for m in debug_msgs(out, "Say which apps are left to the deploy role"))
+    assert msgs["dep-app"] == ("dep-app: never deployed (/home/devbox/apps/dep-app/current does not exist), so not "
+                               "started; run playbooks/deploy.yml -e app=dep-app"), msgs
+    assert msgs["bg-app"].startswith("bg-app: deploy.strategy is bluegreen, so the deploy role runs it"), msgs
+    procs = host_pm2()
+    assert not [p for p in procs if p[0].startswith(("dep-app", "bg-app"))], procs
+    # dep-app is in the ecosystem file (manage.yml and boot read it) with its deploy cwd; bg-app is not
+    eco = ecosystem_names()
+    assert eco["dep-app"] == "/home/devbox/apps/dep-app/current" and "bg-app" not in eco, eco
+    again = with_deploy_apps.ok("playbooks/site.yml")
+    assert recap(again)["changed"] == 0, "changed on the second run: %s" % changed_tasks(again)
+    refused = with_deploy_apps.run("playbooks/manage.yml", "-e", "app=dep-app", "-e", "action=restart")
+    assert refused.returncode != 0 and "app=dep-app: never deployed" in refused.stdout, refused.stdout[-3000:]
+
+
+def test_after_a_deploy_site_keeps_the_deployed_app_and_never_touches_the_blue_green_one(with_deploy_apps):
+    with_deploy_apps.ok("playbooks/deploy.yml", "-e", "app=dep-app")
+    with_deploy_apps.ok("playbooks/deploy.yml", "-e", "app=bg-app")
+    wait_healthy(DEP_URL, 30)
+    wait_healthy(BG_URL, 30)
+    before = sorted(host_pm2())
+    assert [p[0] for p in before if p[0] == "dep-app"] == ["dep-app"], before
+    colours = [p for p in before if p[0].startswith("bg-app")]
+    assert colours and all(p[0] != "bg-app" and p[3] == "online" for p in colours), before
+    nginx_files = ["find", "/home/devbox/.devbox-ops/nginx", "-name", "*.conf", "-printf", "%p %T@ %i\\n"]
+    nginx_conf = harness("exec", HOST, "--", *nginx_files)
+    assert "bg-app" in nginx_conf, nginx_conf
+
+    out = with_deploy_apps.ok("playbooks/site.yml")
+    assert recap(out)["changed"] == 0, "site.yml changed something after the deploys: %s" % changed_tasks(out)
+    left = [m.split(":", 1)[0] for m in debug_msgs(out, "Say which apps are left to the deploy role")]
+    assert "bg-app" in left and "dep-app" not in left, left  # dep-app is deployed now, so it is run
+    assert sorted(host_pm2()) == before  # same processes, same pids: nothing was restarted
+    assert harness("exec", HOST, "--", *nginx_files) == nginx_conf
+    dep_pid = [p[2] for p in before if p[0] == "dep-app"][0]
+    release = os.path.basename(os.readlink(os.path.join(STATE, "hosts", HOST, "home", "apps", "dep-app", "current")))
+    assert harness("exec", HOST, "--", "readlink", "/proc/%d/cwd" % dep_pid).strip() == \
+        "/home/devbox/apps/dep-app/releases/" + release
+    wait_healthy(DEP_URL, 5)
+    wait_healthy(BG_URL, 5)
+    refused = with_deploy_apps.run("playbooks/manage.yml", "-e", "app=bg-app", "-e", "action=restart")
+    assert refused.returncode != 0 and "app=bg-app: deploy.strategy is bluegreen" in refused.stdout
+    assert sorted(host_pm2()) == before

@@ -2,9 +2,9 @@
 """Every role describes an app the same way.
 
 The `devbox_apps` option of roles/supervisor/meta/argument_specs.yml is the reference. Any other role
-whose argument_specs carries `devbox_apps` (deploy, monitoring, ...) must define every field it shares
-with the reference identically (type, elements, choices, default, suboptions), so the roles never
-disagree about one list. A role may add fields of its own (deploy adds `deploy`).
+whose argument_specs carries `devbox_apps` (deploy, monitoring, ...) must define it identically: the same
+fields, each with the same type, elements, choices, default and suboptions (the `deploy` settings
+included), so one `devbox_apps` list is valid for every role and the roles never disagree about it.
 """
 import glob
 import os
@@ -15,7 +15,7 @@ import yaml
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REFERENCE = os.path.join(REPO, "roles", "supervisor", "meta", "argument_specs.yml")
 SHARED_VARS = ("devbox_user", "devbox_home", "devbox_project_dir", "devbox_ops_dir", "devbox_log_dir",
-               "devbox_pm2_home", "devbox_pm2_executable")
+               "devbox_pm2_home", "devbox_pm2_executable", "devbox_apps_dir")
 
 
 def _entry_points(path):
@@ -49,9 +49,12 @@ def _other_role_specs():
 def test_reference_defines_the_app_model():
     apps = _reference()["devbox_apps"]
     assert apps["type"] == "list" and apps["elements"] == "dict"
-    for field in ("name", "port", "script", "env", "instances", "exec_mode", "health", "readiness"):
+    for field in ("name", "port", "script", "env", "instances", "exec_mode", "health", "readiness", "deploy"):
         assert field in apps["options"], field
     assert apps["options"]["name"].get("required") is True
+    deploy = apps["options"]["deploy"]["options"]
+    assert deploy["strategy"]["choices"] == ["reload", "bluegreen", "restart"]
+    assert set(deploy) >= {"source", "preflight", "slo", "bluegreen", "backup", "hooks"}
 
 
 @pytest.mark.parametrize("path,entry,options", _other_role_specs())
@@ -60,10 +63,13 @@ def test_shared_fields_match_the_reference(path, entry, options):
     if "devbox_apps" in options:
         mine = options["devbox_apps"]
         assert (mine["type"], mine.get("elements")) == ("list", "dict"), path
-        for field, spec in mine.get("options", {}).items():
-            if field in ref["devbox_apps"]["options"]:
-                assert _strip_docs(spec) == _strip_docs(ref["devbox_apps"]["options"][field]), \
-                    "%s %s: devbox_apps.%s differs from roles/supervisor" % (path, entry, field)
+        fields, ref_fields = set(mine.get("options", {})), set(ref["devbox_apps"]["options"])
+        assert fields == ref_fields, "%s %s: devbox_apps fields missing %s, extra %s" % (
+            path, entry, sorted(ref_fields - fields), sorted(fields - ref_fields))
+        for field, spec in mine["options"].items():
+            assert _strip_docs(spec) == _strip_docs(ref["devbox_apps"]["options"][field]), \
+                "%s %s: devbox_apps.%s differs from roles/supervisor" % (path, entry, field)
+        assert _strip_docs(dict(mine, options=None)) == _strip_docs(dict(ref["devbox_apps"], options=None)), path
     for var in SHARED_VARS:
         if var in options:
             assert _strip_docs(options[var]) == _strip_docs(ref[var]), "%s %s: %s differs" % (path, entry, var)
@@ -73,3 +79,13 @@ def test_a_mismatch_would_be_caught():
     ref = _reference()["devbox_apps"]["options"]["instances"]
     changed = dict(ref, type="str")
     assert _strip_docs(changed) != _strip_docs(ref)
+    # a nested change inside the deploy settings is seen too
+    deploy = _reference()["devbox_apps"]["options"]["deploy"]
+    nested = dict(deploy, options=dict(deploy["options"], slo=dict(deploy["options"]["slo"], type="list")))
+    assert _strip_docs(nested) != _strip_docs(deploy)
+
+
+def test_the_roles_that_deploy_and_supervise_both_carry_the_list():
+    entries = [(path, entry) for path, entry, options in _other_role_specs() if "devbox_apps" in options]
+    assert ("roles/deploy/meta/argument_specs.yml", "main") in entries
+    assert ("roles/monitoring/meta/argument_specs.yml", "main") in entries

@@ -551,3 +551,46 @@ def test_alert_state_dedup_and_remind():
     assert events.AlertState().should_send("x", "bad", 0, None) is True
     quiet = events.AlertState(good_states=("online",))
     assert quiet.should_send("x", "online", 0) is False and quiet.should_send("x", "errored", 1) is True
+
+
+# ------------------------------------------------------------------ audit helpers (actor, relative times, query)
+
+
+def test_actor_helper_builds_one_dict_from_given_values():
+    env = {"USER": "carol", "GITHUB_RUN_ID": "555", "CI_JOB_ID": "", "BUILD_ID": "b-1"}
+    assert events.actor(environ=env) == {"user": "carol", "github_run_id": "555", "build_id": "b-1"}
+    assert events.actor(user="dave", host="laptop", environ={"AWX_JOB_ID": "1"}, awx_job_id=42) == \
+        {"user": "dave", "host": "laptop", "awx_job_id": "42"}  # the AWX variable wins over the env
+    assert events.actor(environ={"SUDO_USER": "root-user", "USER": "root"})["user"] == "root-user"
+    assert events.Actor.detect(env) == events.actor(environ=env)
+    assert events.actor_matches({"user": "a", "host": "h", "ci_job_id": "9"}, "a@h")
+    assert events.actor_matches({"user": "a", "host": "h", "ci_job_id": "9"}, "9")
+    assert not events.actor_matches({"user": "a", "host": "h"}, "h@a")
+
+
+def test_parse_moment_relative_and_absolute():
+    now = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.timezone.utc)
+    for text, delta in (("30s", 30), ("15m", 900), ("2h", 7200), ("1d", 86400), ("1w", 604800), ("now", 0)):
+        assert events.parse_moment(text, now=now) == now - datetime.timedelta(seconds=delta)
+    assert events.parse_moment("2024-05-01T10:00:00Z", now=now).hour == 10
+    with pytest.raises(DevboxOpsError) as err:
+        events.parse_moment("3 fortnights", "until")
+    assert err.value.param == "until" and "3 fortnights" in str(err.value) and "15m" in str(err.value)
+
+
+def test_query_by_result_actor_and_targets_and_the_table(tmp_path):
+    log = events.EventLog(str(tmp_path / "events.jsonl"))
+    log.record("restart", "api", "ok", actor=events.actor(user="alice", host="lap", environ={"CI_JOB_ID": "77"}))
+    log.record("scale", "web", "failed", actor={"user": "bob"}, instances=3, message="token=abc-secret-1")
+    log.record("heal", "api", "restarted", actor={"user": "watchdog@devbox1"})
+    assert [e["type"] for e in log.query(result="failed")] == ["scale"]
+    assert [e["type"] for e in log.query(result=["ok", "restarted"])] == ["restart", "heal"]
+    assert [e["type"] for e in log.query(actor="77")] == ["restart"]
+    assert [e["type"] for e in log.query(actor="alice@lap")] == ["restart"]
+    assert [e["type"] for e in log.query(actor="watchdog@devbox1")] == ["heal"]
+    assert [e["type"] for e in log.query(target=["web", "api"], since="1h")] == ["restart", "scale", "heal"]
+    table = events.format_table(log.query())
+    assert table[0].split() == ["TIME", "HOST", "TYPE", "TARGET", "RESULT", "ACTOR", "DETAIL"]
+    assert "alice@lap ci_job_id=77" in table[1]
+    assert "instances=3" in table[2] and "abc-secret-1" not in "\n".join(table)
+    assert len(set(line.index("RESULT") if i == 0 else None for i, line in enumerate(table))) <= 2

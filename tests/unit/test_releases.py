@@ -174,6 +174,134 @@ def test_same_size_rewrite_with_restored_mtime_is_detected(store, src):
         assert f.read() == "HELLO\n"
 
 
+# ---------------------------------------------------------------- fast paths (issue 3)
+
+def hashed_paths(monkeypatch):
+    """Record the files the scan reads (a spy around the real hash_file, which still runs)."""
+    seen = []
+    real = rel.hash_file
+
+    def spy(path):
+        seen.append(os.path.relpath(path, os.path.dirname(path).split("/src", 1)[0] + "/src"))
+        return real(path)
+
+    monkeypatch.setattr(rel, "hash_file", spy)
+    return seen
+
+
+def test_fast_path_reads_only_files_whose_stat_changed(store, src, monkeypatch):
+    store.create(src)
+    seen = hashed_paths(monkeypatch)
+    edit(os.path.join(src, "routes/api.py"), "bp = Blueprint('api2')\n")
+    r2, created = store.create(src)
+    assert created and seen == ["routes/api.py"]
+    assert r2["build"]["copied"] == 1 and r2["build"]["linked"] == 3
+    # nothing changed: no file is read and the release is the same
+    del seen[:]
+    assert store.create(src) == (r2, False) and seen == []
+
+
+def test_same_size_change_with_new_mtime_is_detected(store, src, monkeypatch):
+    r1 = store.create(src)[0]
+    store.activate(r1["id"])
+    seen = hashed_paths(monkeypatch)
+    path = os.path.join(src, "README.md")
+    before = os.stat(path)
+    time.sleep(0.01)
+    edit(path, "HELLO\n")  # same size, new mtime
+    assert os.stat(path).st_size == before.st_size and os.stat(path).st_mtime_ns != before.st_mtime_ns
+    r2, created = store.create(src)
+    assert created and r2["content_hash"] != r1["content_hash"] and seen == ["README.md"]
+    assert r2["incremental"]["files"]["modified"] == ["README.md"]
+
+
+def test_fast_path_trusts_the_recorded_digest_and_full_hash_does_not(store, src):
+    """What the fast path does with a change it cannot see: a file whose (dev, inode, size, mtime,
+    ctime) all match keeps the digest recorded by the previous scan. User space cannot set ctime back,
+    so such a change is simulated by a wrong digest in the previous release's index. full_hash=True
+    reads every file and so finds the real content."""
+    r1 = store.create(src)[0]
+    index_path = os.path.join(store.releases_dir, r1["id"], rel.INDEX)
+    data = rel.read_json(index_path)
+    data["files"]["README.md"][2] = "0" * 64
+    rel.write_json(index_path, data)
+    edit(os.path.join(src, "app.py"), "v2\n")
+    fast = store.create(src)[0]
+    assert rel.read_json(os.path.join(store.releases_dir, fast["id"], rel.INDEX))["files"]["README.md"][2] == "0" * 64
+    full, created = store.create(src, full_hash=True)
+    assert created and full["content_hash"] == rel.content_hash(rel.scan_tree(src)[0]) != fast["content_hash"]
+    files = rel.read_json(os.path.join(store.releases_dir, full["id"], rel.INDEX))["files"]
+    assert files["README.md"][2] == rel.hash_file(os.path.join(src, "README.md"))
+    with pytest.raises(DevboxOpsError) as err:
+        store.create(src, full_hash="yes")
+    assert err.value.param == "full_hash" and "'yes'" in str(err.value)
+
+
+def test_full_hash_gives_the_same_release_as_the_fast_path(store, src):
+    r1 = store.create(src)[0]
+    assert store.create(src, full_hash=True) == (r1, False)
+
+
+def test_file_moved_to_another_directory_is_read_again(store, src, monkeypatch):
+    store.activate(store.create(src)[0]["id"])
+    seen = hashed_paths(monkeypatch)
+    os.rename(os.path.join(src, "README.md"), os.path.join(src, "routes/README.md"))
+    r2, created = store.create(src)
+    assert created and seen == ["routes/README.md"]
+    assert r2["incremental"]["files"] == {"new": ["routes/README.md"], "modified": [], "deleted": ["README.md"]}
+
+
+@pytest.mark.parametrize("tamper", ["chmod", "symlink", "remove", "touch"])
+def test_intact_files_finds_every_kind_of_edit(store, src, tamper):
+    r1 = store.create(src)[0]
+    top = os.path.join(store.releases_dir, r1["id"])
+    index = store.index(r1["id"])[0]
+    assert rel.intact_files(top, index) == set(r for r, e in index.items() if e[0] == "f")
+    path = os.path.join(top, "routes/api.py")
+    if tamper == "chmod":
+        os.chmod(path, 0o600)
+    elif tamper == "symlink":
+        os.unlink(path)
+        os.symlink("../app.py", path)
+    elif tamper == "remove":
+        os.unlink(path)
+    else:
+        os.utime(path, ns=(1, 1))
+    assert "routes/api.py" not in rel.intact_files(top, index)
+    edit(os.path.join(src, "README.md"), "v2\n")
+    r2 = store.create(src)[0]
+    new = os.path.join(store.releases_dir, r2["id"], "routes/api.py")
+    assert not os.path.islink(new) and stat.S_IMODE(os.stat(new).st_mode) == 0o644
+    with open(new) as f:
+        assert "Blueprint" in f.read()
+    assert r2["build"]["linked"] == 2 and r2["build"]["copied"] == 2
+
+
+def test_lost_index_means_a_full_copy_not_a_wrong_release(store, src):
+    """The file index is not fsynced (the manifest is): after a crash it may be lost, which only costs
+    the next build its hardlinks."""
+    r1 = store.create(src)[0]
+    os.unlink(os.path.join(store.releases_dir, r1["id"], rel.INDEX))
+    edit(os.path.join(src, "README.md"), "v2\n")
+    r2, created = store.create(src)
+    assert created and r2["build"]["linked"] == 0 and r2["build"]["copied"] == 4
+    assert r2["content_hash"] == rel.content_hash(rel.scan_tree(src)[0])
+
+
+def test_wide_tree_build_is_complete_and_links(store, tmp_path):
+    files = dict(("d%d/e%d/f%03d.txt" % (i % 7, i % 3, i), "file %d\n" % i) for i in range(300))
+    src = write_tree(tmp_path / "wide", files)
+    os.symlink("f000.txt", os.path.join(src, "d0/e0/link"))
+    r1 = store.create(src)[0]
+    edit(os.path.join(src, "d1/e1/f001.txt"), "changed\n")
+    r2 = store.create(src)[0]
+    assert r2["build"]["linked"] == 299 and r2["build"]["copied"] == 1
+    d1, d2 = (os.path.join(store.releases_dir, r["id"]) for r in (r1, r2))
+    assert rel.content_hash(rel.scan_tree(d2)[0]) == rel.content_hash(rel.scan_tree(src)[0]) == r2["content_hash"]
+    assert os.readlink(os.path.join(d2, "d0/e0/link")) == "f000.txt"
+    assert os.stat(os.path.join(d1, "d2/e2/f002.txt")).st_ino == os.stat(os.path.join(d2, "d2/e2/f002.txt")).st_ino
+
+
 def test_exclude_and_symlinks(store, src):
     os.makedirs(os.path.join(src, ".git"))
     edit(os.path.join(src, ".git/config"), "x")

@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+import yaml
 
 from ansible_collections.devbox.ops.plugins.module_utils import watchdog as wdmod
 from ansible_collections.devbox.ops.plugins.module_utils.errors import DevboxOpsError
@@ -427,6 +428,45 @@ def test_critical_disk_cleans_only_the_configured_paths_then_alerts(tmp_path, pm
     assert events(tmp_path, "cleanup")[0]["files"] == 3
     alert = events(tmp_path, "alert", str(tmpfs))
     assert len(alert) == 1 and alert[0]["result"] == "critical" and "cleaned 3 files" in alert[0]["message"]
+
+
+
+def test_retention_rules_run_on_their_schedule_whatever_the_disk_level(tmp_path, pm2_home):
+    """A rule with every_s (log retention) runs at start and then every every_s, with the disk far from full."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    old, young = logs / "app-out__2020-01-01_00-00-00.log.gz", logs / "app-out__2099-01-01_00-00-00.log.gz"
+    current, other = logs / "app.out.log", tmp_path / "elsewhere.log.gz"
+    for path in (old, young, current, other):
+        path.write_bytes(b"x" * 100)
+    stale = time.time() - 10 * 86400
+    for path in (old, current, other):
+        os.utime(str(path), (stale, stale))
+    clean = [{"root": str(logs), "patterns": ["*__*.log*"], "older_than_s": 86400, "every_s": 3600}]
+    path = write_config(tmp_path, pm2_home, disk={"paths": [str(tmp_path)], "critical": 100, "clean": clean})
+    wd = wdmod.Watchdog(path)
+    try:
+        wd.tick()
+        wd.drain(30)
+        assert not old.exists() and young.exists() and current.exists() and other.exists()
+        report = read_state(tmp_path)["disk"]["last_retention"]
+        assert report["files"] == 1 and report["roots"] == [str(logs)]
+        assert read_state(tmp_path)["disk"]["last_cleanup"] is None  # not a critical-disk cleanup
+        assert [e["reason"] for e in events(tmp_path, "cleanup")] == ["retention"]
+        again = logs / "app-out__2020-01-02_00-00-00.log.gz"
+        again.write_bytes(b"x")
+        os.utime(str(again), (stale, stale))
+        wd.tick()
+        wd.drain(30)
+        assert again.exists(), "the rule waits for every_s before it runs again"
+    finally:
+        wd.close()
+
+
+def test_the_monitoring_role_ships_exactly_the_engines():
+    with open(os.path.join(REPO, "roles", "monitoring", "vars", "main.yml")) as handle:
+        shipped = yaml.safe_load(handle)["devbox_monitoring_engines"]
+    assert tuple(shipped) == wdmod.ENGINES
 
 
 # ------------------------------------------------------------------------------ PM2 daemon gone

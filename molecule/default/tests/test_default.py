@@ -1,9 +1,14 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Verify the converged simulated devbox over real SSH (pytest-testinfra, ansible backend)."""
 import json
+import os
+
+import yaml
 
 PM2_ENV = "PM2_HOME=/home/devbox/.pm2"
 OPS = "/home/devbox/.devbox-ops"
+DEMO_VARS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "examples", "inventory",
+                         "group_vars", "devboxes.yml")
 
 
 def _pm2_processes(host):
@@ -73,3 +78,15 @@ def test_logrotate_configured(host):
     assert str(lr["max_size"]) == "10M"
     assert str(lr["retain"]) == "10"
     assert str(lr["compress"]).lower() == "true"
+
+
+def test_apps_with_deploy_settings_wait_for_their_first_deploy(host):
+    with open(DEMO_VARS) as f:
+        apps = yaml.safe_load(f)["devbox_apps"]
+    deployed_by_role = [a["name"] for a in apps if "deploy" in a]
+    assert deployed_by_role, "the demo inventory has no app with deploy settings: this test would show nothing"
+    running = {p["name"] for p in _pm2_processes(host)}
+    for name in deployed_by_role:
+        # converge never deploys: without APPS_DIR/NAME/current the supervisor does not start the app
+        assert not host.file("/home/devbox/apps/%s/current" % name).exists
+        assert name not in running, running
