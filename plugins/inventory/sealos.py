@@ -90,6 +90,7 @@ sources:
   - type: ssh_config
     path: ~/.ssh/sealos/devbox_config
 
+---
 # fleet.sealos.yml: every running devbox of a namespace, from the Kubernetes API
 plugin: devbox.ops.sealos
 sources:

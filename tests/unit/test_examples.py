@@ -413,4 +413,4 @@ def test_demo_inventory():
                          capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
     assert out.returncode == 0, out.stderr
     hostvars = json.loads(out.stdout)
-    assert [a["name"] for a in hostvars["devbox_apps"]] == ["node-app", "py-app"]
+    assert [a["name"] for a in hostvars["devbox_apps"]] == ["node-app", "node-web", "py-app"]
