@@ -69,6 +69,13 @@ lint: venv ## ansible-lint, production profile
 docs: venv ## every plugin renders in ansible-doc; the collection builds
 	@set -e; for m in plugins/modules/*.py; do n=$$(basename $$m .py); \
 	  $(BIN)/ansible-doc devbox.ops.$$n > /dev/null && echo "ansible-doc devbox.ops.$$n: ok"; done
+	@set -e; for t in inventory callback; do for m in plugins/$$t/*.py; do n=$$(basename $$m .py); \
+	  $(BIN)/ansible-doc -t $$t devbox.ops.$$n > /dev/null && echo "ansible-doc -t $$t devbox.ops.$$n: ok"; \
+	  done; done
+	@set -e; for n in pm2_table apps_resolved; do \
+	  $(BIN)/ansible-doc -t filter devbox.ops.$$n > /dev/null && echo "ansible-doc -t filter devbox.ops.$$n: ok"; done
+	@set -e; for r in roles/*/; do n=$$(basename $$r); \
+	  $(BIN)/ansible-doc -t role devbox.ops.$$n > /dev/null && echo "ansible-doc -t role devbox.ops.$$n: ok"; done
 	$(BIN)/ansible-galaxy collection build --force --output-path /tmp/devbox-ops-build .
 
 .PHONY: sanity

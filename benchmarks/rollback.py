@@ -33,7 +33,7 @@ APP, PORT = "bench-rollback", 3005
 APP_ENTRY = {"name": APP, "port": PORT, "script": "server.js", "interpreter": "node", "exec_mode": "cluster",
              "instances": 2, "wait_ready": True, "listen_timeout": 8000, "kill_timeout": 5000,
              "health": {"path": "/api/health"}, "readiness": {"path": "/api/ready", "period": 0.5,
-                                                               "failure_threshold": 20},
+                                                              "failure_threshold": 20},
              "deploy": {"strategy": "reload"}}
 TARGET_RATIO, TARGET_SERVED_S = 1.5, 2.0
 RECAP = r"^%s\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)"
@@ -156,8 +156,8 @@ class Bench:
             first_old, last_new, failed = watch.figures("1.0.0", "2.0.0")
             switches.append((first_old, last_new, failed))
             if self.current() != v1 or not self.serves("1.0.0"):
-                problems.append("round %d: after rollback.yml, current is %s and v1 does not serve" % (round_no,
-                                                                                                   self.current()))
+                problems.append("round %d: after rollback.yml, current is %s and v1 does not serve"
+                                % (round_no, self.current()))
             if first_old is None or first_old > TARGET_SERVED_S:
                 problems.append("round %d: v1 served %s s after the switch (target <= %s s)" % (
                     round_no, "never" if first_old is None else "%.2f" % first_old, TARGET_SERVED_S))

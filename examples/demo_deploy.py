@@ -169,8 +169,9 @@ def main(argv=None):
 
     versions = ", ".join("%s: %d" % item for item in sorted(clients.versions.items()))
     print("\n== %s v%s -> v%s under load: %d requests in %.1f s, %d failed; versions served: %s;"
-          " %d reconnects on `Connection: close`" % (args.app, v1, args.v2_version, clients.total, took,
-                                                      len(clients.failures), versions or "none", clients.reconnects))
+          " %d reconnects on `Connection: close`" % (
+              args.app, v1, args.v2_version, clients.total, took, len(clients.failures), versions or "none",
+              clients.reconnects))
     for failure in clients.failures[:5]:
         print("   failed: " + failure)
     if not deployed:

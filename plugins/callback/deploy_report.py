@@ -74,6 +74,61 @@ notes:
   - The duration of a host runs from the start of its first task to the end of its last one.
 """
 
+EXAMPLES = r"""
+# ansible.cfg: a table at the end of every run, a JSON record per run, Slack on failure
+# [defaults]
+# callbacks_enabled = devbox.ops.deploy_report
+#
+# [devbox_deploy_report]
+# output_dir = ~/.cache/devbox-ops/runs
+# notify_on = failure
+# notify = [{"kind": "slack", "url": "https://hooks.slack.com/services/T000/B000/XXXX"}]
+
+# One run, from the command line:
+# ANSIBLE_CALLBACKS_ENABLED=devbox.ops.deploy_report DEVBOX_DEPLOY_REPORT_DIR=/tmp/runs \
+#   ansible-playbook -i inventory.yml devbox.ops.deploy -e app=api -e version=v2
+"""
+
+RETURN = r"""
+# The JSON run record written to output_dir (one file per run, mode 0600).
+playbook:
+  description: Base name of the playbook file.
+  type: str
+  sample: deploy.yml
+started:
+  description: UTC start of the run, ISO 8601.
+  type: str
+  sample: "2026-12-05T21:40:12Z"
+ended:
+  description: UTC end of the run, ISO 8601.
+  type: str
+duration_s:
+  description: Wall time of the run in seconds.
+  type: float
+result:
+  description: V(failed) when a host failed or was unreachable, else V(success).
+  type: str
+changed:
+  description: Whether any host reported a change.
+  type: bool
+actor:
+  description: Who ran it - controller user and host, and CI/AWX job ids when present.
+  type: dict
+hosts:
+  description:
+    - Per host - ok, changed, failed, unreachable, skipped, rescued and ignored task counts, duration_s, and
+      app, version, release and deploy_result where the deploy role ran.
+  type: dict
+versions:
+  description: Which hosts run which version, keyed by C(APP VERSION).
+  type: dict
+  sample: {"node-web v2": ["devbox-01", "devbox-02"]}
+notifications:
+  description: One result per notifier (ok, kind, public URL or error); present when notifications were due.
+  type: list
+  elements: dict
+"""
+
 import datetime
 import json
 import os

@@ -111,6 +111,43 @@ cache_connection: ~/.cache/devbox-ops/inventory
 cache_timeout: 300
 """
 
+RETURN = r"""
+# Host variables each devbox gets (besides compose results).
+ansible_host:
+  description: The SSH host - HostName of the ssh-config entry, or the region domain for the kubernetes source.
+  type: str
+ansible_port:
+  description: The SSH port - Port of the entry, or the Devbox's C(status.network.nodePort).
+  type: int
+ansible_user:
+  description: The SSH user (C(devbox) for Sealos devboxes).
+  type: str
+ansible_ssh_private_key_file:
+  description: IdentityFile of the entry, or the 0600 key file written in the cache directory from the Secret.
+  type: path
+sealos_source:
+  description: V(ssh_config) or V(kubernetes).
+  type: str
+sealos_region:
+  description: Region parsed from the Host alias or taken from the source.
+  type: str
+sealos_namespace:
+  description: Kubernetes namespace of the devbox.
+  type: str
+sealos_devbox:
+  description: Name of the devbox.
+  type: str
+sealos_state:
+  description: C(spec.state) of the Devbox (kubernetes source only).
+  type: str
+sealos_phase:
+  description: C(status.phase) of the Devbox (kubernetes source only).
+  type: str
+sealos_labels:
+  description: Labels of the Devbox object (kubernetes source only).
+  type: dict
+"""
+
 import os
 
 from ansible.errors import AnsibleParserError

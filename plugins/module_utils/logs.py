@@ -226,8 +226,7 @@ def _reverse_lines(handle, budget):
         budget.take(len(chunk))
         parts = (chunk + rest).split(b"\n")
         rest = parts[0][:MAX_LINE + BLOCK]
-        for line in reversed(parts[1:]):
-            yield line
+        yield from reversed(parts[1:])
     yield rest
 
 
@@ -236,8 +235,7 @@ def _file_lines(path, budget):
     try:
         if not path.endswith(".gz"):
             with open(path, "rb") as handle:
-                for line in _reverse_lines(handle, budget):
-                    yield line
+                yield from _reverse_lines(handle, budget)
             return
         with tempfile.TemporaryFile(prefix="devbox-ops-log-") as plain:
             with gzip.open(path, "rb") as packed:
@@ -249,8 +247,7 @@ def _file_lines(path, budget):
                         budget.truncated = True  # its end cannot be reached within the budget
                         return
                     plain.write(chunk)
-            for line in _reverse_lines(plain, budget):
-                yield line
+            yield from _reverse_lines(plain, budget)
     except (OSError, EOFError, zlib.error) as exc:
         if path.endswith(".gz"):  # a damaged or half-written rotated file: skip it, keep the rest
             return
@@ -379,4 +376,3 @@ def tail(path, flt, default_level=None, rotated=True, missing_ok=False):
     found.reverse()
     return {"path": path, "files": files, "lines": found, "scanned_bytes": budget.scanned,
             "truncated": budget.truncated and len(found) < flt.lines, "untimed": untimed}
-

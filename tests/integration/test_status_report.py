@@ -116,7 +116,7 @@ def test_status_writes_the_report_and_fails_only_for_the_host_that_is_down(repor
     for host in HOSTS:  # read only: nothing changed on the hosts that answered
         ansible.host = host.name
         assert ansible.recap(run.stdout) == {"ok": ansible.recap(run.stdout)["ok"], "changed": 0, "unreachable": 0,
-                                              "failed": 0}
+                                             "failed": 0}
     with open(report["path"]) as f:
         html = f.read()
     assert html.startswith("<!DOCTYPE html>") and "<script" not in html and "http://" not in html.split("<main>")[0]

@@ -125,6 +125,6 @@ def test_an_app_pm2_does_not_run_is_read_from_its_files(logger_app, pm2_home, tm
     args = {"name": "gone-app", "out_file": str(out_file), "error_file": str(tmp_path / "never-written.err.log")}
     rc, out, res = run(pm2_home, **args)
     assert rc == 0, out
-    assert [(f["app"], f["stream"], f["missing"]) for f in res["logs"]] == [("gone-app", "out", False),
-                                                                          ("gone-app", "err", True)]
+    found = [(f["app"], f["stream"], f["missing"]) for f in res["logs"]]
+    assert found == [("gone-app", "out", False), ("gone-app", "err", True)]
     assert lines(res) == ["ERROR before it was deleted"]

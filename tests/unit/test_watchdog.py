@@ -430,7 +430,6 @@ def test_critical_disk_cleans_only_the_configured_paths_then_alerts(tmp_path, pm
     assert len(alert) == 1 and alert[0]["result"] == "critical" and "cleaned 3 files" in alert[0]["message"]
 
 
-
 def test_retention_rules_run_on_their_schedule_whatever_the_disk_level(tmp_path, pm2_home):
     """A rule with every_s (log retention) runs at start and then every every_s, with the disk far from full."""
     logs = tmp_path / "logs"
