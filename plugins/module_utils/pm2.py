@@ -36,6 +36,7 @@ SPEC_KEY = "DEVBOX_OPS_SPEC"
 SPEC_VERSION = 1
 STATES = ("started", "stopped", "restarted", "reloaded", "absent")
 ACTIONS = ("start", "recreate", "reload", "restart", "scale", "stop", "delete", "none")
+HOLD_DIR = "devbox-ops-holds"  # under PM2_HOME: apps an operator action is changing (see PM2Client.hold)
 PM2_DEFAULT_MIN_UPTIME_MS = 1000
 
 # field -> (kind, default); _normalize() checks each kind.
@@ -530,7 +531,10 @@ class PM2Client:
         rc, out, err = self.runner.run(argv, env=env, timeout=self.command_timeout)
         if rc != 0:
             detail = _ANSI.sub("", (err or "").strip() or (out or "").strip())
-            detail = "\n".join(detail.splitlines()[-10:])
+            lines = detail.splitlines()
+            # PM2 prints the cause ([PM2][ERROR] ...) first and may then crash on it (a stack trace)
+            cause = [line for line in lines if "[PM2][ERROR]" in line][:3]
+            detail = "\n".join(cause + [line for line in lines[-10:] if line not in cause])
             what = what or " ".join([os.path.basename(argv[0])] + argv[1:3])
             raise DevboxOpsError("%s failed (rc=%s): %s" % (what, rc, redact_text(detail, secrets)))
         return out or ""
@@ -729,14 +733,68 @@ class PM2Client:
             after["drift"] = list(drift)
         return after
 
+    # -- holds: an operator action in progress, which the on-host watchdog must not fight
+    def _hold_path(self, name):
+        return os.path.join(self.home(), HOLD_DIR, _check_name(name) + ".hold")
+
+    def hold(self, name, seconds):
+        """Mark app ``name`` as being acted on by this process for at most ``seconds``.
+
+        The watchdog leaves a held app alone: it neither probes nor restarts it, and the restarts the
+        action causes do not count against the app's restart budget. The hold ends with :meth:`unhold`,
+        at its deadline, or when the process that took it is gone."""
+        path = self._hold_path(name)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".hold-", dir=os.path.dirname(path))
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"pid": os.getpid(), "until": time.time() + seconds}, handle)
+        os.rename(tmp, path)
+        return path
+
+    def unhold(self, name):
+        try:
+            os.unlink(self._hold_path(name))
+        except OSError:
+            pass
+
+    def held(self, name, now=None):
+        """True while another live process holds app ``name`` (see :meth:`hold`)."""
+        try:
+            with open(self._hold_path(name)) as handle:
+                data = json.load(handle)
+            pid, until = int(data["pid"]), float(data["until"])
+        except (IOError, OSError, ValueError, KeyError, TypeError):
+            return False
+        if pid == os.getpid() or until < (time.time() if now is None else now):
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
     # -- acting
-    def apply(self, plan, spec=None, timeout=60):
-        """Carry out ``plan`` with argv lists, then wait until the reported state is true."""
+    def apply(self, plan, spec=None, timeout=60, hold=True):
+        """Carry out ``plan`` with argv lists, then wait until the reported state is true.
+
+        With ``hold`` (the default) the app is held (:meth:`hold`) while the action runs, so that the
+        watchdog does not count it as a failure or act on the app at the same time."""
         spec = spec or plan.spec
+        if plan.action == "none":
+            return self.jlist(spec.name)
+        if not hold:
+            return self._apply(plan, spec, timeout)
+        self.hold(spec.name, timeout + 60)
+        try:
+            return self._apply(plan, spec, timeout)
+        finally:
+            self.unhold(spec.name)
+
+    def _apply(self, plan, spec, timeout):
         secrets = spec.secrets()
         name, action = spec.name, plan.action
-        if action == "none":
-            return self.jlist(name)
         if plan.scale_to:
             self.scale(name, plan.scale_to)
         procs = self._procs(name)

@@ -407,6 +407,7 @@ class _App:
         self.usage = None
         self.session = None
         self.job = None
+        self.held = False
 
     # -- persistence
     def dump(self, now):
@@ -429,6 +430,7 @@ class _App:
             "restarts": sum(p.get("restarts") or 0 for p in procs),
             "uptime_s": int(now - max(p.get("started_at") or now for p in procs)) if procs else 0,
             "in_grace": now < self.grace_until,
+            "held": self.held,
             "breaker": {"state": self.breaker, "opened_at": _when(self.opened_at), "retry_at": _when(self.retry_at),
                         "opens": self.opens},
             "restarts_in_window": len(window),
@@ -465,6 +467,16 @@ class _App:
         self.grace_until = max(self.grace_until, started + self.rule.grace_s)
         while self.restarts and self.restarts[0] < now - self.rule.window_s:
             self.restarts.popleft()
+
+    def hold(self, procs, now):
+        """An operator action (deploy, manage, heal) is changing the app: watch, do not judge. Its
+        restarts are not failures and do not count against the budget; a new grace starts after it."""
+        self.held = True
+        self.procs = procs
+        self.seen_restarts = sum(p.get("restarts") or 0 for p in procs) if procs else self.seen_restarts
+        self.failures = 0
+        self.next_probe = 0.0
+        self.grace_until = max(self.grace_until, now + self.rule.grace_s)
 
     def statuses(self):
         return set(p.get("status") for p in self.procs)
@@ -546,7 +558,7 @@ class _App:
         state = "restarted" if action == "restart" else "stopped"
         try:
             wd.need_daemon()
-            wd.pm2.apply(Plan(spec, state, action), timeout=wd.cfg.action_timeout_s)
+            wd.pm2.apply(Plan(spec, state, action), timeout=wd.cfg.action_timeout_s, hold=False)
             return "ok", None
         except DevboxOpsError as exc:
             return "failed", _first_line(exc)
@@ -872,6 +884,13 @@ class Watchdog:
         for app in self.apps.values():
             if not up or (app.job is not None and not app.job.done()):
                 continue
+            if self.pm2.held(app.rule.name, now):
+                app.hold(self.view.app(app.rule.name), now)
+                self.view.dirty = True  # read the list again after the hold, before judging the app
+                continue
+            if app.held:  # the hold has just ended: what the action did is the new baseline
+                app.hold(self.view.app(app.rule.name), now)
+                app.held = False
             app.observe(self.view.app(app.rule.name), now)
             if not app.procs:
                 self.alert("app:%s" % app.rule.name, "missing", "app is not in the PM2 process list",

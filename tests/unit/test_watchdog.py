@@ -314,6 +314,99 @@ def test_restart_storm_opens_the_breaker_alerts_once_retries_and_recovers(
     wd.stop()
 
 
+OPERATOR = """\
+import sys
+from ansible_collections.devbox.ops.plugins.module_utils.pm2 import AppSpec, PM2Client
+from ansible_collections.devbox.ops.plugins.module_utils.runner import SubprocessRunner
+client = PM2Client(SubprocessRunner(), pm2_home=sys.argv[1], poll_interval=0.1)
+spec = AppSpec.from_params({"name": sys.argv[2], "min_uptime": "300ms"})
+for _ in range(int(sys.argv[3])):
+    client.apply(client.plan(spec, "restarted"), timeout=20)
+"""
+
+
+def operator_restarts(home, name, times):
+    """Restart the app ``times`` times from another process, as pm2_process (manage.yml) does."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    subprocess.run([sys.executable, "-c", OPERATOR, home, name, str(times)], env=env, check=True, timeout=120)
+
+
+def test_operator_restarts_are_held_not_counted_against_the_budget(
+        tmp_path, pm2_home, app_files, cleanup_apps, watchdog):
+    port = free_port()
+    cleanup_apps.append("wd-held")
+    start_app(pm2_home, "wd-held", app_files["server.js"], env={"PORT": port}, kill_timeout=300)
+    budget = {"max_restarts": 2, "window_s": 60, "cooldown_s": 30}
+    watchdog(write_config(tmp_path, pm2_home, [http_app("wd-held", port, grace_s=0.5, restart_budget=budget)]))
+    wait_until("a first look", lambda: app_state(tmp_path, "wd-held").get("status") == "online", 5)
+    before = procs(pm2_home, "wd-held")[0]["restarts"]
+
+    held = []
+    watcher = threading.Thread(target=lambda: held.extend(
+        wait_until("the hold to show", lambda: app_state(tmp_path, "wd-held").get("held"), 30, step=0.05)
+        and [True]), daemon=True)
+    watcher.start()
+    operator_restarts(pm2_home, "wd-held", 4)  # twice the budget, in a few seconds
+    watcher.join(5)
+    assert held == [True], "the state file never showed the app as held during the restarts"
+    assert procs(pm2_home, "wd-held")[0]["restarts"] == before + 4
+    assert not os.listdir(os.path.join(pm2_home, "devbox-ops-holds")), "the hold outlived the action"
+    time.sleep(3)  # several ticks after the hold: the watchdog judges the app again
+    state = app_state(tmp_path, "wd-held")
+    assert (state["held"], state["restarts_in_window"], state["breaker"]["state"]) == (False, 0, "closed")
+    assert not events(tmp_path, "breaker_open", "wd-held") and not events(tmp_path, "restart", "wd-held")
+    assert procs(pm2_home, "wd-held")[0]["status"] == "online" and serving(port)
+
+    # a hang now is restarted: the budget is untouched by the four restarts above
+    hang(pm2_home, "wd-held")
+    wait_until("a watchdog restart", lambda: events(tmp_path, "restart", "wd-held"), 15)
+    assert not events(tmp_path, "breaker_open", "wd-held")
+    wait_until("the app to serve again", lambda: serving(port), 10)
+    # restarts from outside devbox.ops (plain `pm2 restart`, no hold) do count: the next hang opens the breaker
+    for _ in range(2):
+        pm2(pm2_home, "restart", "wd-held")
+        time.sleep(0.7)
+    wait_until("the watchdog to count them",
+               lambda: app_state(tmp_path, "wd-held").get("restarts_in_window", 0) >= 3, 5)
+    hang(pm2_home, "wd-held")
+    opened = wait_until("the breaker to open", lambda: events(tmp_path, "breaker_open", "wd-held"), 15)
+    assert "restarts within 60s (max_restarts=2)" in opened[0]["reason"]
+
+
+def hang(home, name):
+    """SIGSTOP the app's process: alive for PM2, silent for the probe (SIGCONT'd by PM2's stop/kill)."""
+    pid = procs(home, name)[0]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    return pid
+
+
+def test_a_hold_ends_with_its_holder():
+    client = PM2Client(SubprocessRunner(), pm2_home="/nonexistent")
+    assert not client.held("x")
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        home = "/tmp/devbox-ops-hold-test-%d" % os.getpid()
+        client = PM2Client(SubprocessRunner(), pm2_home=home)
+        path = client.hold("x", 60)
+        assert not client.held("x"), "a process never waits for its own hold"
+        with open(path, "w") as handle:
+            json.dump({"pid": sleeper.pid, "until": time.time() + 60}, handle)
+        assert client.held("x")
+        with open(path, "w") as handle:
+            json.dump({"pid": sleeper.pid, "until": time.time() - 1}, handle)
+        assert not client.held("x"), "past its deadline"
+        with open(path, "w") as handle:
+            json.dump({"pid": sleeper.pid, "until": time.time() + 60}, handle)
+        sleeper.kill()
+        sleeper.wait()
+        assert not client.held("x"), "its holder is gone"
+        client.unhold("x")
+        assert not os.path.exists(path)
+    finally:
+        sleeper.kill()
+        shutil.rmtree("/tmp/devbox-ops-hold-test-%d" % os.getpid(), ignore_errors=True)
+
+
 def test_errored_app_is_revived_after_the_cooldown(tmp_path, pm2_home, app_files, cleanup_apps, watchdog):
     port = free_port()
     cleanup_apps.append("wd-errored")
