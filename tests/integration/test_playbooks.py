@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """site.yml, manage.yml and status.yml against a simulated devbox (tests/harness), for real.
 
-One s6 host (devbox1, 10.213.1.2) made by the harness in a state dir of its own, the demo apps of
+One s6 host (devbox11, 10.213.11.2) made by the harness in a state dir of its own, the demo apps of
 examples/inventory/group_vars/devboxes.yml, and ansible-playbook run as a user would run it. The tests
 run in file order and share the host: converge, converge again (no change), crash recovery, scaling
 under traffic, status output, a reboot without Ansible, rejected inputs, and the secret canary.
@@ -27,7 +27,7 @@ HARNESS = os.path.join(REPO, "tests", "harness", "harness")
 PLAYBOOK = os.path.join(REPO, ".venv", "bin", "ansible-playbook")
 GROUP_VARS = os.path.join(REPO, "examples", "inventory", "group_vars")
 STATE = "/var/tmp/devbox-ops-it-playbooks"
-HOST, IP = "devbox1", "10.213.1.2"
+HOST, IP = "devbox11", "10.213.11.2"
 NODE, PY = "http://%s:3000/api/health" % IP, "http://%s:8000/api/health" % IP
 CANARY = "demo-secret-not-for-prod"
 # Every PM2 process of the converged demo host: node-app in cluster x2, py-app, pm2-logrotate (from the offline
@@ -142,7 +142,7 @@ def names(procs, status=None):
 def ansible(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.fail("the harness makes namespaces: run these tests as root (a skip would hide them)", pytrace=False)
-    harness("up", "1", "--init", "s6")
+    harness("up", "1", "--first", "11", "--init", "s6")
     try:
         inv = tmp_path_factory.mktemp("inventory")
         shutil.copy(os.path.join(STATE, "inventory.yml"), str(inv / "hosts.yml"))
