@@ -41,6 +41,8 @@ demo: venv ## one simulated devbox: site.yml, then node-web v1 and v2 by deploy.
 	$(BIN)/ansible-playbook -i $(DEMO_INVENTORY) playbooks/site.yml
 	$(BIN)/python examples/demo_deploy.py -i $(DEMO_INVENTORY)
 	$(BIN)/ansible-playbook -i $(DEMO_INVENTORY) playbooks/status.yml
+	@echo "The demo devbox keeps running (state in /var/tmp/devbox-ops-harness; ssh: see examples/inventory/demo.yml)."
+	@echo "Stop it and everything it runs: make demo-down"
 
 .PHONY: demo-down
 demo-down: ## stop the simulated devboxes
