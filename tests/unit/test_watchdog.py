@@ -363,7 +363,7 @@ def test_operator_restarts_are_held_not_counted_against_the_budget(
     assert not events(tmp_path, "breaker_open", "wd-held")
     wait_until("the app to serve again", lambda: serving(port), 10)
     # restarts from outside devbox.ops (plain `pm2 restart`, no hold) do count: the next hang opens the breaker
-    for _ in range(2):
+    for _restart in range(2):
         pm2(pm2_home, "restart", "wd-held")
         time.sleep(0.7)
     wait_until("the watchdog to count them",
