@@ -799,12 +799,12 @@ class PM2Client:
             self.scale(name, plan.scale_to)
         procs = self._procs(name)
         ids = [p.pm_id for p in procs]
-        if action in ("stop", "delete", "recreate"):
+        if action == "stop":
             if ids:
-                self._pm2("stop" if action == "stop" else "delete", *ids, secrets=secrets)
-            if action == "stop":
-                return self.wait_status(name, "stopped", timeout)
-            self.wait_status(name, "absent", timeout)
+                self._pm2("stop", *ids, secrets=secrets)
+            return self.wait_status(name, "stopped", timeout)
+        if action in ("delete", "recreate"):
+            self._delete(name, ids, timeout, secrets)
             if action == "delete":
                 return []
             ids = []
@@ -825,6 +825,21 @@ class PM2Client:
         instances = spec.instances if not spec.partial or "instances" in spec.given else None
         min_uptime = spec.min_uptime if spec.min_uptime is not None else PM2_DEFAULT_MIN_UPTIME_MS
         return self.wait_online(name, instances, min_uptime, timeout, secrets=secrets)
+
+    def _delete(self, name, ids, timeout, secrets):
+        """``pm2 delete`` until no process of ``name`` is left. A process deleted while PM2 waits out its
+        restart delay can come back online (seen on a loaded machine), so a survivor is deleted again."""
+        deadline = time.monotonic() + timeout
+        while ids:
+            self._pm2("delete", *ids, secrets=secrets)
+            try:
+                self.wait_status(name, "absent", max(0.5, min(5.0, deadline - time.monotonic())))
+                return
+            except DevboxOpsError:
+                ids = self._ids(name)
+                if ids and time.monotonic() >= deadline:
+                    raise DevboxOpsError("app %s did not become absent within %ss (pm_ids left: %s)"
+                                         % (name, timeout, ", ".join(str(i) for i in ids)))
 
     def _with_ecosystem(self, spec, verb):
         """``pm2 <verb> FILE`` with a private (0600, deleted after) ecosystem holding only this app.
