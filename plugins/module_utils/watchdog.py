@@ -471,7 +471,6 @@ class _App:
     def hold(self, procs, now):
         """An operator action (deploy, manage, heal) is changing the app: watch, do not judge. Its
         restarts are not failures and do not count against the budget; a new grace starts after it."""
-        self.held = True
         self.procs = procs
         self.seen_restarts = sum(p.get("restarts") or 0 for p in procs) if procs else self.seen_restarts
         self.failures = 0
@@ -884,13 +883,14 @@ class Watchdog:
         for app in self.apps.values():
             if not up or (app.job is not None and not app.job.done()):
                 continue
-            if self.pm2.held(app.rule.name, now):
+            held = self.pm2.held(app.rule.name, now)
+            if held or app.held:
+                # held, or the hold has just ended: what the action did is the new baseline. The list is
+                # fresh after the action: its restarts changed the view's signature (PM2's log, pid files).
                 app.hold(self.view.app(app.rule.name), now)
-                self.view.dirty = True  # read the list again after the hold, before judging the app
-                continue
-            if app.held:  # the hold has just ended: what the action did is the new baseline
-                app.hold(self.view.app(app.rule.name), now)
-                app.held = False
+                app.held = held
+                if held:
+                    continue
             app.observe(self.view.app(app.rule.name), now)
             if not app.procs:
                 self.alert("app:%s" % app.rule.name, "missing", "app is not in the PM2 process list",
