@@ -347,7 +347,9 @@ def test_pm2_app_usage_sums_the_app_and_its_children(pm2_home, pm2_app):
     expected = psutil.Process(node).memory_info().rss + children[0].memory_info().rss
     assert abs(app["rss"] - expected) < 0.1 * expected
     assert app["rss"] >= 120 * MiB + psutil.Process(node).memory_info().rss // 2
-    assert app["cpu"] >= 20  # the child spins a core
+    # The child spins a core and node itself idles, so a figure well above zero can only come from the
+    # child. 5% (not 100%): on a loaded 2-core CI runner the spinner gets far less than a core.
+    assert app["cpu"] >= 5, app
 
 
 def test_pm2_processes_that_are_not_running_count_as_instances_only():
