@@ -423,6 +423,7 @@ class _Proc:
             "exec_mode": str(env.get("exec_mode", "")).replace("_mode", ""),
             "instances": None,
             "cwd": env.get("pm_cwd"),
+            "real_cwd": _real_cwd(raw.get("pid")),
             "script": env.get("pm_exec_path"),
             "interpreter": env.get("exec_interpreter"),
             "out_file": env.get("pm_out_log_path"),
@@ -430,6 +431,17 @@ class _Proc:
             "managed": self.stored is not None,
             "env": dict((k, MASK) for k in env_keys),
         })
+
+
+def _real_cwd(pid):
+    """Where process ``pid`` runs: its /proc/PID/cwd, resolved by the kernel when it started (a process
+    started in APP/current keeps the release it was started in). None when it cannot be read."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    try:
+        return os.readlink("/proc/%d/cwd" % pid)
+    except OSError:
+        return None
 
 
 def _parse_fingerprint(text):

@@ -333,6 +333,18 @@ def content_hash(entries):
     return hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def packed_content_hash(top, exclude=DEFAULT_EXCLUDE):
+    """The content hash of the release the directory ``top`` makes once packed and staged as an archive
+    (the deploy role's path): :func:`content_hash` of :func:`scan_tree`, with each file mode as
+    :func:`extract_archive` writes it (owner read/write added). The controller uses it to see, without
+    copying anything, that a host already serves this content. Raises DevboxOpsError as scan_tree does."""
+    entries = scan_tree(top, exclude)[0]
+    for entry in entries.values():
+        if entry[0] == "f":
+            entry[1] |= 0o600
+    return content_hash(entries)
+
+
 def _member_rel(archive, name):
     """A safe relative path for an archive member, or raise naming the member."""
     if "\0" in name or name.startswith("/"):

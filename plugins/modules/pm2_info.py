@@ -105,6 +105,12 @@ processes:
     cwd:
       description: Working directory PM2 resolved.
       type: str
+    real_cwd:
+      description:
+        - The directory the process runs in, read from C(/proc/PID/cwd). The kernel resolved it when the
+          process started, so a process started in C(APP/current) shows the release it runs, even after
+          C(current) moved on. Null when the process is not running or its cwd cannot be read.
+      type: str
     script:
       description: Script path PM2 resolved.
       type: str
@@ -136,6 +142,7 @@ processes:
       exec_mode: cluster
       instances: 1
       cwd: /home/devbox/project/current
+      real_cwd: /home/devbox/project/releases/20261207T005221Z-7659dbe8
       script: /home/devbox/project/current/server.js
       interpreter: node
       out_file: /home/devbox/.pm2/logs/api-out-0.log

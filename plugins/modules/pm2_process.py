@@ -170,6 +170,7 @@ process:
       exec_mode: cluster
       instances: 2
       cwd: /home/devbox/project/current
+      real_cwd: /home/devbox/project/releases/20261207T005221Z-7659dbe8
       script: /home/devbox/project/current/server.js
       interpreter: node
       out_file: /home/devbox/.pm2/logs/api-out-0.log

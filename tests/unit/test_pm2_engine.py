@@ -165,6 +165,27 @@ def test_python_app_with_interpreter_and_args(client, apps_dir):
     converge(client, app, "absent")
 
 
+def test_real_cwd_is_the_release_a_process_started_in(client, apps_dir, tmp_path):
+    """PM2 reports the cwd it was given (APP/current); real_cwd is where the process really runs."""
+    for name in ("rel-a", "rel-b"):
+        (tmp_path / name).mkdir()
+    current = tmp_path / "current"
+    current.symlink_to("rel-a")
+    port = free_port()
+    app = AppSpec.from_params({"name": "cwd-app", "script": str(apps_dir / "server.py"), "cwd": str(current),
+                               "interpreter": "python3", "args": "--port %d" % port, "min_uptime": 300})
+    converge(client, app)
+    procs = client.jlist("cwd-app")
+    assert procs[0]["cwd"] == str(current) and procs[0]["real_cwd"] == str(tmp_path / "rel-a")
+    current.unlink()
+    current.symlink_to("rel-b")  # the switch of a deploy: the running process stays where it started
+    assert [p["real_cwd"] for p in client.jlist("cwd-app")] == [str(tmp_path / "rel-a")]
+    converge(client, app, "restarted")
+    assert [p["real_cwd"] for p in client.jlist("cwd-app")] == [str(tmp_path / "rel-b")]
+    converge(client, app, "absent")
+    assert [p["real_cwd"] for p in client.jlist("cwd-app")] == []
+
+
 def test_crash_at_start_raises_errored_with_log(client, apps_dir):
     app = spec("crashy", apps_dir / "crash.js", env={"API_KEY": CANARY_1})
     with pytest.raises(DevboxOpsError) as err:
