@@ -346,6 +346,15 @@ lock:
     reason:
       description: Why the previous lock was stale, or why nothing changed (lock only).
       type: str
+lock_holder:
+  description:
+    - Who holds the deploy lock now (user, host, pid, started_at, purpose, acquired_at), with C(stale) (older than
+      O(stale_after), or its holder on this host is gone) and C(reason); null when the lock is free. The token is
+      never returned.
+  returned: when action is list
+  type: dict
+  sample: {"user": "alice", "host": "laptop", "pid": 4242, "purpose": "deploy web",
+           "acquired_at": "2024-05-01T12:00:01.000000Z", "stale": false, "reason": "held for 12s by a live holder"}
 guard_failures:
   description: Each guard that did not hold, with C(path), C(regex) (null for a missing file) and C(reason).
   returned: when action is guard
@@ -413,7 +422,7 @@ def run(store, p, check):
                                         p["version"], p["ref"], p["exclude"], dry_run=check)
         return dict(changed=created, created=created, release=release, incremental=release.get("incremental"))
     if action == "list":
-        return dict(changed=False, stats=store.stats())
+        return dict(changed=False, stats=store.stats(), lock_holder=store.lock_status(p["stale_after"]))
     if action == "activate":
         changed = store.activate(p["release_id"], dry_run=check)["changed"]
         return dict(changed=changed, release=store.get(p["release_id"]))

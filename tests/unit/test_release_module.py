@@ -2,6 +2,7 @@
 """devbox.ops.release through `ansible localhost -m` (a real module run, AnsibleRunner included)."""
 import io
 import json
+import time
 import os
 import socket
 import subprocess
@@ -129,6 +130,19 @@ def test_record_list_prune_rollback(tmp_path, root):
     assert rc == 0 and res["changed"] is False and res["current"] == ids[-1]
     assert res["stats"]["deploys"] == 1 and res["stats"]["success_rate"] == 1.0
     assert [r["id"] for r in res["releases"]] == ids and res["releases"][-1]["current"] is True
+    assert res["lock_holder"] is None
+    # list shows who holds the deploy lock (never the token), and whether it is stale
+    owner = {"user": "alice", "host": "laptop-9", "pid": 4242, "purpose": "deploy web"}
+    assert module(tmp_path, {"root": root, "action": "lock", "lock_owner": owner,
+                             "lock_token": "tok-0123456789abcdef"})[0] == 0
+    rc, res, out = module(tmp_path, {"root": root, "action": "list"}, "-vvvv")
+    holder = res["lock_holder"]
+    assert (holder["user"], holder["host"], holder["pid"], holder["stale"]) == ("alice", "laptop-9", 4242, False)
+    assert "token_sha256" not in holder and "tok-0123456789abcdef" not in out
+    time.sleep(1.1)
+    res = module(tmp_path, {"root": root, "action": "list", "stale_after": 1})[1]
+    assert res["lock_holder"]["stale"] is True and "more than stale_after=1s" in res["lock_holder"]["reason"]
+    assert module(tmp_path, {"root": root, "action": "unlock", "lock_token": "tok-0123456789abcdef"})[0] == 0
     rc, res = module(tmp_path, {"root": root, "action": "rollback_target"})[:2]
     assert rc == 0 and res["target"]["id"] == ids[2]
     rc, res = module(tmp_path, {"root": root, "action": "prune", "keep": 1}, "--check")[:2]
