@@ -366,10 +366,14 @@ def spec_drift(stored, desired, fields=None):
 class Plan:
     """What :meth:`PM2Client.apply` will do. Holds no env values (the spec's repr is redacted)."""
 
-    def __init__(self, spec, state, action, drift=None, before=None, after=None, warnings=None, scale_to=None):
+    def __init__(self, spec, state, action, drift=None, before=None, after=None, warnings=None, scale_to=None,
+                 processes=None):
         if action not in ACTIONS:
             raise AssertionError(action)
         self.spec = spec
+        # the app's processes (redacted dicts) as the plan read them: what check mode reports, without
+        # a second `pm2 jlist`
+        self.processes = list(processes or [])
         self.state = state
         self.action = action
         self.drift = list(drift or [])
@@ -408,6 +412,7 @@ class _Proc:
         env_keys = sorted(self.stored["env"]) if self.stored else sorted(k for k in app_env if k != SPEC_KEY)
         online = self.status == "online"
         self.uptime_ms = max(0, now_ms - self.started_ms) if online and self.started_ms else 0
+        real_cwd = _real_cwd(raw.get("pid"))
         self.info = redact_env({
             "name": raw.get("name", env.get("name")),
             "pm_id": self.pm_id,
@@ -423,7 +428,8 @@ class _Proc:
             "exec_mode": str(env.get("exec_mode", "")).replace("_mode", ""),
             "instances": None,
             "cwd": env.get("pm_cwd"),
-            "real_cwd": _real_cwd(raw.get("pid")),
+            "real_cwd": real_cwd,
+            "cwd_moved": _cwd_moved(env.get("pm_cwd"), real_cwd),
             "script": env.get("pm_exec_path"),
             "interpreter": env.get("exec_interpreter"),
             "out_file": env.get("pm_out_log_path"),
@@ -440,6 +446,18 @@ def _real_cwd(pid):
         return None
     try:
         return os.readlink("/proc/%d/cwd" % pid)
+    except OSError:
+        return None
+
+
+def _cwd_moved(cwd, real_cwd):
+    """Whether ``cwd`` (as PM2 was given it, such as APP/current) now resolves to another directory than
+    the process runs in: a symlink was switched after the process started, so it still runs the old
+    release. None when either is unknown."""
+    if not cwd or not real_cwd:
+        return None
+    try:
+        return os.path.realpath(cwd) != real_cwd
     except OSError:
         return None
 
@@ -485,6 +503,28 @@ def _tail_file(path, lines):
     except (IOError, OSError):
         return []
     return data.decode("utf-8", "replace").splitlines()[-lines:]
+
+
+def installed_version(executable):
+    """Where ``executable`` (a command name on PATH, or a path) is, and which PM2 version it is, read from the
+    package.json of the pm2 package it belongs to (up to four directories above the resolved file). Starts no
+    Node.js and no PM2 daemon. Returns {"path": absolute path or None, "version": str or None}."""
+    if not isinstance(executable, str) or not executable.strip():
+        raise bad_value("pm2_executables", executable, "each must be a command name or a path")
+    path = shutil.which(executable)
+    version = None
+    folder = os.path.dirname(os.path.realpath(path)) if path else None
+    for _level in range(4 if folder else 0):
+        try:
+            with open(os.path.join(folder, "package.json")) as handle:
+                meta = json.load(handle)
+        except (IOError, OSError, ValueError):
+            meta = None
+        if isinstance(meta, dict) and meta.get("name") == "pm2":
+            version = meta.get("version") if isinstance(meta.get("version"), str) else None
+            break
+        folder = os.path.dirname(folder)
+    return {"path": os.path.abspath(path) if path else None, "version": version}
 
 
 def _resolve_executable(executable):
@@ -640,6 +680,11 @@ class PM2Client:
         if state not in STATES:
             raise bad_value("state", state, "must be one of %s" % ", ".join(STATES))
         procs = self._procs(spec.name)
+        plan = self._decide(spec, state, procs)
+        plan.processes = [p.info for p in procs]
+        return plan
+
+    def _decide(self, spec, state, procs):
         stored = next((p.stored for p in procs if p.stored), None)
         statuses = sorted(set(p.status for p in procs))
         warnings = []

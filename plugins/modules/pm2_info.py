@@ -111,6 +111,12 @@ processes:
           process started, so a process started in C(APP/current) shows the release it runs, even after
           C(current) moved on. Null when the process is not running or its cwd cannot be read.
       type: str
+    cwd_moved:
+      description:
+        - True when O(name)'s C(cwd) (as PM2 was given it, such as C(APP/current)) now resolves to another
+          directory than RV(processes[].real_cwd): a symlink switched after the process started, so it still
+          runs the old release. Null when either is unknown.
+      type: bool
     script:
       description: Script path PM2 resolved.
       type: str
@@ -143,6 +149,7 @@ processes:
       instances: 1
       cwd: /home/devbox/project/current
       real_cwd: /home/devbox/project/releases/20261207T005221Z-7659dbe8
+      cwd_moved: false
       script: /home/devbox/project/current/server.js
       interpreter: node
       out_file: /home/devbox/.pm2/logs/api-out-0.log

@@ -171,6 +171,7 @@ process:
       instances: 2
       cwd: /home/devbox/project/current
       real_cwd: /home/devbox/project/releases/20261207T005221Z-7659dbe8
+      cwd_moved: false
       script: /home/devbox/project/current/server.js
       interpreter: node
       out_file: /home/devbox/.pm2/logs/api-out-0.log
@@ -261,7 +262,7 @@ def main():
         if module._diff:
             result["diff"] = dict(before=plan.before, after=plan.after)
         if module.check_mode or not plan.changed:
-            result["process"] = client.jlist(spec.name)
+            result["process"] = plan.processes  # read by the plan: no second pm2 jlist
         else:
             result["process"] = client.apply(plan, timeout=params["wait_timeout"])
             if params["save"]:

@@ -166,7 +166,8 @@ def test_python_app_with_interpreter_and_args(client, apps_dir):
 
 
 def test_real_cwd_is_the_release_a_process_started_in(client, apps_dir, tmp_path):
-    """PM2 reports the cwd it was given (APP/current); real_cwd is where the process really runs."""
+    """PM2 reports the cwd it was given (APP/current); real_cwd is where the process really runs, and
+    cwd_moved says that current moved on after it started."""
     for name in ("rel-a", "rel-b"):
         (tmp_path / name).mkdir()
     current = tmp_path / "current"
@@ -177,13 +178,20 @@ def test_real_cwd_is_the_release_a_process_started_in(client, apps_dir, tmp_path
     converge(client, app)
     procs = client.jlist("cwd-app")
     assert procs[0]["cwd"] == str(current) and procs[0]["real_cwd"] == str(tmp_path / "rel-a")
+    assert procs[0]["cwd_moved"] is False
     current.unlink()
     current.symlink_to("rel-b")  # the switch of a deploy: the running process stays where it started
-    assert [p["real_cwd"] for p in client.jlist("cwd-app")] == [str(tmp_path / "rel-a")]
+    moved = client.jlist("cwd-app")
+    assert [(p["real_cwd"], p["cwd_moved"]) for p in moved] == [(str(tmp_path / "rel-a"), True)]
+    # the plan reports the processes it read (check mode shows them without a second pm2 jlist)
+    plan = client.plan(app)
+    assert plan.action == "none" and [p["pid"] for p in plan.processes] == [p["pid"] for p in moved]
+    assert [p["cwd_moved"] for p in plan.processes] == [True]
     converge(client, app, "restarted")
-    assert [p["real_cwd"] for p in client.jlist("cwd-app")] == [str(tmp_path / "rel-b")]
+    assert [(p["real_cwd"], p["cwd_moved"]) for p in client.jlist("cwd-app")] == [(str(tmp_path / "rel-b"), False)]
     converge(client, app, "absent")
     assert [p["real_cwd"] for p in client.jlist("cwd-app")] == []
+    assert client.plan(app, "absent").processes == []
 
 
 def test_crash_at_start_raises_errored_with_log(client, apps_dir):
