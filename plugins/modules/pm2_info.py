@@ -114,7 +114,7 @@ processes:
     cwd_moved:
       description:
         - True when O(name)'s C(cwd) (as PM2 was given it, such as C(APP/current)) now resolves to another
-          directory than RV(processes[].real_cwd): a symlink switched after the process started, so it still
+          directory than RV(processes[].real_cwd). A symlink switched after the process started, so it still
           runs the old release. Null when either is unknown.
       type: bool
     script:
