@@ -170,11 +170,13 @@ def main():
         print("no-op deploy.yml (best of %d), forks = hosts; floor: %d set_fact tasks, nothing on the hosts"
               % (args.rounds, tasks))
         modes = ("ours", "naive", "floor")
-        print("%-6s  %s" % ("hosts", "  ".join("%-36s" % m for m in
-                                               ("ours: pipelining+ControlPersist", "naive: neither", "floor"))))
+        titles = ("ours: pipelining+ControlPersist", "naive: neither", "floor")
+        print("%-6s  %s" % ("hosts", "  ".join("%-36s" % t for t in titles)))
         for size in sizes:
-            cells = ["%6.1f s  x%.2f of 1 host  CPU %5.1f s" % (best[(m, size)], best[(m, size)] / best[(m, sizes[0])],
-                                                              cpu[(m, size)]) for m in modes]
+            cells = []
+            for m in modes:
+                ratio = best[(m, size)] / best[(m, sizes[0])]
+                cells.append("%6.1f s  x%.2f of 1 host  CPU %5.1f s" % (best[(m, size)], ratio, cpu[(m, size)]))
             print("%-6d  %s" % (size, "  ".join("%-36s" % c for c in cells)))
         for size in sizes:
             print("%d host(s): ours is %.2fx faster than naive; machine CPU per host: ours %.2f s, floor %.2f s"
