@@ -366,14 +366,13 @@ def spec_drift(stored, desired, fields=None):
 class Plan:
     """What :meth:`PM2Client.apply` will do. Holds no env values (the spec's repr is redacted)."""
 
-    def __init__(self, spec, state, action, drift=None, before=None, after=None, warnings=None, scale_to=None,
-                 processes=None):
+    def __init__(self, spec, state, action, drift=None, before=None, after=None, warnings=None, scale_to=None):
         if action not in ACTIONS:
             raise AssertionError(action)
         self.spec = spec
-        # the app's processes (redacted dicts) as the plan read them: what check mode reports, without
-        # a second `pm2 jlist`
-        self.processes = list(processes or [])
+        # the app's processes (redacted dicts) as PM2Client.plan read them: what check mode reports,
+        # without a second `pm2 jlist`
+        self.processes = []
         self.state = state
         self.action = action
         self.drift = list(drift or [])
