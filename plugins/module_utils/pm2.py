@@ -509,7 +509,7 @@ def installed_version(executable):
     package.json of the pm2 package it belongs to (up to four directories above the resolved file). Starts no
     Node.js and no PM2 daemon. Returns {"path": absolute path or None, "version": str or None}."""
     if not isinstance(executable, str) or not executable.strip():
-        raise bad_value("pm2_executables", executable, "each must be a command name or a path")
+        raise bad_value("executable", executable, "must be a command name or a path")
     path = shutil.which(executable)
     version = None
     folder = os.path.dirname(os.path.realpath(path)) if path else None

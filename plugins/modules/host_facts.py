@@ -115,7 +115,7 @@ import sys
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.devbox.ops.plugins.module_utils.errors import DevboxOpsError
+from ansible_collections.devbox.ops.plugins.module_utils.errors import bad_value
 from ansible_collections.devbox.ops.plugins.module_utils.pm2 import installed_version
 
 
@@ -139,10 +139,10 @@ def main():
         ),
         supports_check_mode=True,
     )
-    try:
-        pm2 = dict((exe, installed_version(exe)) for exe in module.params["pm2_executables"])
-    except DevboxOpsError as exc:
-        module.fail_json(msg=str(exc))
+    for exe in module.params["pm2_executables"]:
+        if not exe.strip():
+            module.fail_json(msg=str(bad_value("pm2_executables", exe, "each must be a command name or a path")))
+    pm2 = dict((exe, installed_version(exe)) for exe in module.params["pm2_executables"])
     euid = os.geteuid()
     try:
         user = pwd.getpwuid(euid).pw_name
