@@ -395,6 +395,7 @@ class _App:
         self.restarts = collections.deque(maxlen=1000)  # wall times of observed process restarts
         self.seen_restarts = None
         self.half_open_restarts = None
+        self.trial = None  # what started the half-open trial: "revive" (ours) or "operator"
         self.failures = 0
         self.last_probe = None
         self.last_ok = 0.0  # when the app last looked healthy (a passing probe, or up past grace)
@@ -408,6 +409,7 @@ class _App:
         self.session = None
         self.job = None
         self.held = False
+        self.parked = False  # stopped by an operator action (see released)
 
     # -- persistence
     def dump(self, now):
@@ -443,7 +445,8 @@ class _App:
             "last_action": self.actions[-1] if self.actions else None,
             "actions": list(self.actions),
             "_restore": {"breaker": self.breaker, "opened_at": self.opened_at, "retry_at": self.retry_at,
-                         "opens": self.opens, "restarts": window, "seen_restarts": self.seen_restarts},
+                         "opens": self.opens, "restarts": window, "seen_restarts": self.seen_restarts,
+                         "parked": self.parked},
         }
 
     def restore(self, saved):
@@ -453,6 +456,7 @@ class _App:
             self.breaker, self.opened_at, self.opens = "open", data.get("opened_at"), data.get("opens") or 1
             self.retry_at = data.get("retry_at") or time.time()
         self.restarts.extend(t for t in data.get("restarts") or [] if isinstance(t, (int, float)))
+        self.parked = data.get("parked") is True
         if isinstance(data.get("seen_restarts"), int):
             self.seen_restarts = data["seen_restarts"]
 
@@ -476,6 +480,21 @@ class _App:
         self.failures = 0
         self.next_probe = 0.0
         self.grace_until = max(self.grace_until, now + self.rule.grace_s)
+
+    def released(self, wd, now):
+        """The operator action that held the app has just ended, and takes over from the watchdog. An app
+        it stopped is not ours to start: it stays stopped (a breaker closes) until something starts it again.
+        An app it left online while the breaker was open or half-open is the half-open trial, judged as it
+        runs: no restart of our own, and the action's restarts do not count as "restarted again"."""
+        if self.statuses() == {"stopped"}:
+            # PM2 keeps the exit code of the last crash on a stopped app: that is no crash of ours to revive
+            self.parked = True
+            if self.breaker != "closed":
+                self.close(wd, now, "stopped by an operator action", "breaker closed: app stopped by an operator")
+        elif self.breaker != "closed" and self.statuses() == {"online"}:
+            self.breaker, self.trial, self.half_open_restarts = "half_open", "operator", self.seen_restarts
+            LOG.info("app %s: an operator action started it while the breaker was open: judged as the half-open "
+                     "trial", self.rule.name)
 
     def statuses(self):
         return set(p.get("status") for p in self.procs)
@@ -520,6 +539,10 @@ class _App:
         self.usage = usage if usage is not None else self.usage
         if not self.procs:
             return
+        if self.parked:
+            if self.statuses() == {"stopped"}:
+                return  # stopped by an operator action: left as it is
+            self.parked = False
         if self.breaker == "open":
             if now >= self.retry_at:
                 self.half_open(wd, now)
@@ -605,7 +628,7 @@ class _App:
                  % (reason, _when(self.retry_at)), target=self.rule.name)
 
     def half_open(self, wd, now):
-        self.breaker = "half_open"
+        self.breaker, self.trial = "half_open", "revive"
         result, error = self._pm2_action(wd, "restart")
         self._fresh_start()
         self._done(wd, "revive", result, now, "breaker half-open after %gs cooldown" % self.rule.cooldown_s, error)
@@ -629,10 +652,14 @@ class _App:
         if rule.liveness is not None and not (self.last_probe and self.last_probe["ok"]
                                               and self.last_probe["at"] >= self.grace_until):
             return
-        self.breaker, self.opened_at, self.retry_at = "closed", None, None
+        started_by = "operator's restart" if self.trial == "operator" else "half-open restart"
+        self.close(wd, now, "healthy after the %s" % started_by, "recovered: breaker closed, app healthy")
+
+    def close(self, wd, now, reason, message):
+        self.breaker, self.opened_at, self.retry_at, self.trial = "closed", None, None, None
         self.restarts.clear()
-        self._done(wd, "breaker_close", "ok", now, "healthy after the half-open restart")
-        wd.alert("app:%s" % rule.name, "ok", "recovered: breaker closed, app healthy", target=rule.name)
+        self._done(wd, "breaker_close", "ok", now, reason)
+        wd.alert("app:%s" % self.rule.name, "ok", message, target=self.rule.name)
 
     def autoscale(self, wd, usage, now):
         rule = self.rule.autoscale
@@ -891,6 +918,7 @@ class Watchdog:
                 app.held = held
                 if held:
                     continue
+                app.released(self, now)
             app.observe(self.view.app(app.rule.name), now)
             if not app.procs:
                 self.alert("app:%s" % app.rule.name, "missing", "app is not in the PM2 process list",

@@ -327,16 +327,18 @@ import sys
 from ansible_collections.devbox.ops.plugins.module_utils.pm2 import AppSpec, PM2Client
 from ansible_collections.devbox.ops.plugins.module_utils.runner import SubprocessRunner
 client = PM2Client(SubprocessRunner(), pm2_home=sys.argv[1], poll_interval=0.1)
-spec = AppSpec.from_params({"name": sys.argv[2], "min_uptime": "300ms"})
+spec = AppSpec.from_params({"name": sys.argv[2]})
 for _ in range(int(sys.argv[3])):
-    client.apply(client.plan(spec, "restarted"), timeout=20)
+    client.apply(client.plan(spec, sys.argv[4]), timeout=20)
 """
 
 
-def operator_restarts(home, name, times):
-    """Restart the app ``times`` times from another process, as pm2_process (manage.yml) does."""
+def operator_restarts(home, name, times, state="restarted"):
+    """Restart (or stop) the app ``times`` times from another process, as pm2_process (manage.yml,
+    heal.yml) does: each action holds the app while it runs."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    subprocess.run([sys.executable, "-c", OPERATOR, home, name, str(times)], env=env, check=True, timeout=120)
+    subprocess.run([sys.executable, "-c", OPERATOR, home, name, str(times), state], env=env, check=True,
+                   timeout=120)
 
 
 def test_operator_restarts_are_held_not_counted_against_the_budget(
@@ -425,13 +427,8 @@ def test_a_hold_ends_with_its_holder():
 def test_errored_app_is_revived_after_the_cooldown(tmp_path, pm2_home, app_files, cleanup_apps, watchdog):
     port = free_port()
     cleanup_apps.append("wd-errored")
-    script = tmp_path / "errored.js"
-    shutil.copy(str(app_files["crash.js"]), str(script))
     # PM2 gives up after 1 unstable restart: status errored, for good as far as PM2 is concerned
-    start_app(pm2_home, "wd-errored", script, crashing=True, env={"PORT": port}, max_restarts=1,
-              min_uptime="5s")
-    wait_until("PM2 to give up", lambda: procs(pm2_home, "wd-errored")[0]["status"] == "errored", 10)
-    shutil.copy(str(app_files["server.js"]), str(script))
+    errored_app(tmp_path, pm2_home, app_files, "wd-errored", port)
     wd = watchdog(write_config(tmp_path, pm2_home, [http_app("wd-errored", port, grace_s=0.5,
                                                              restart_budget={"cooldown_s": 0.5})]))
     opened = wait_until("the breaker to open", lambda: events(tmp_path, "breaker_open", "wd-errored"), 5)
@@ -440,6 +437,81 @@ def test_errored_app_is_revived_after_the_cooldown(tmp_path, pm2_home, app_files
     revive = events(tmp_path, "revive", "wd-errored")
     assert len(revive) == 1 and revive[0]["ts"] > opened[0]["ts"]
     assert procs(pm2_home, "wd-errored")[0]["status"] == "online" and serving(port)
+    wd.stop()
+
+
+def errored_app(tmp_path, pm2_home, app_files, name, port):
+    """An app PM2 gave up on (status errored) whose script is then fixed: the next start serves."""
+    script = tmp_path / (name + ".js")
+    shutil.copy(str(app_files["crash.js"]), str(script))
+    start_app(pm2_home, name, script, crashing=True, env={"PORT": port}, max_restarts=1, min_uptime="5s")
+    wait_until("PM2 to give up", lambda: procs(pm2_home, name)[0]["status"] == "errored", 10)
+    shutil.copy(str(app_files["server.js"]), str(script))
+
+
+def test_an_operator_restart_while_the_breaker_is_open_is_the_trial(
+        tmp_path, pm2_home, app_files, cleanup_apps, watchdog):
+    """heal.yml restarts an app whose breaker is open: the watchdog judges that start, it does not restart
+    the app again at the end of its cooldown, and closes the breaker once the app passes a probe."""
+    port = free_port()
+    cleanup_apps.append("wd-optrial")
+    errored_app(tmp_path, pm2_home, app_files, "wd-optrial", port)
+    wd = watchdog(write_config(tmp_path, pm2_home, [http_app("wd-optrial", port, grace_s=0.5,
+                                                             restart_budget={"cooldown_s": 600})]))
+    wait_until("the breaker to open", lambda: events(tmp_path, "breaker_open", "wd-optrial"), 5)
+    operator_restarts(pm2_home, "wd-optrial", 1)
+    closed = wait_until("the breaker to close", lambda: events(tmp_path, "breaker_close", "wd-optrial"), 8)
+    assert closed[0]["reason"] == "healthy after the operator's restart", closed
+    assert not events(tmp_path, "revive", "wd-optrial"), "the watchdog restarted an app the operator had started"
+    wait_until("the state file to say closed",
+               lambda: app_state(tmp_path, "wd-optrial")["breaker"]["state"] == "closed", 2)
+    assert procs(pm2_home, "wd-optrial")[0]["status"] == "online" and serving(port)
+    wd.stop()
+
+
+def test_an_operator_restart_during_the_half_open_trial_is_not_a_relapse(
+        tmp_path, pm2_home, app_files, cleanup_apps, watchdog):
+    """The watchdog revives the app (half-open) and heal.yml restarts it during the trial's grace: that
+    restart is the operator's, not the app restarting again, so the breaker closes instead of stopping
+    the app heal.yml just started (CI saw heal.yml fail that way)."""
+    port = free_port()
+    cleanup_apps.append("wd-relapse")
+    errored_app(tmp_path, pm2_home, app_files, "wd-relapse", port)
+    wd = watchdog(write_config(tmp_path, pm2_home, [http_app("wd-relapse", port, grace_s=6,
+                                                             restart_budget={"cooldown_s": 0.5})]))
+    wait_until("a half-open revive", lambda: events(tmp_path, "revive", "wd-relapse"), 8)
+    wait_until("the state file to say half-open",
+               lambda: app_state(tmp_path, "wd-relapse")["breaker"]["state"] == "half_open", 2)
+    operator_restarts(pm2_home, "wd-relapse", 1)
+    wait_until("the breaker to close", lambda: events(tmp_path, "breaker_close", "wd-relapse"), 15)
+    assert len(events(tmp_path, "breaker_open", "wd-relapse")) == 1, "the operator's restart reopened it"
+    assert len(events(tmp_path, "revive", "wd-relapse")) == 1
+    assert procs(pm2_home, "wd-relapse")[0]["status"] == "online" and serving(port)
+    wd.stop()
+
+
+def test_an_operator_stop_while_the_breaker_is_open_closes_it_and_the_app_stays_stopped(
+        tmp_path, pm2_home, app_files, cleanup_apps, watchdog):
+    port = free_port()
+    receiver = Receiver()
+    cleanup_apps.append("wd-opstop")
+    errored_app(tmp_path, pm2_home, app_files, "wd-opstop", port)
+    wd = watchdog(write_config(tmp_path, pm2_home, [http_app("wd-opstop", port, restart_budget={"cooldown_s": 15})],
+                               notifiers=[{"kind": "generic", "url": receiver.url}]))
+    try:
+        opened = wait_until("the breaker to open", lambda: events(tmp_path, "breaker_open", "wd-opstop"), 5)
+        operator_restarts(pm2_home, "wd-opstop", 1, state="stopped")
+        closed = wait_until("the breaker to close", lambda: events(tmp_path, "breaker_close", "wd-opstop"), 5)
+        assert closed[0]["reason"] == "stopped by an operator action", closed
+        # past the retry time the breaker had: no revive, the app stays as the operator left it
+        time.sleep(max(0, parse_time(opened[0]["retry_at"]).timestamp() + 2 - time.time()))
+        assert not events(tmp_path, "revive", "wd-opstop")
+        assert procs(pm2_home, "wd-opstop")[0]["status"] == "stopped" and not serving(port)
+        assert app_state(tmp_path, "wd-opstop")["breaker"]["state"] == "closed"
+        wait_until("the all-clear alert", lambda: len(receiver.received) >= 2, 5)
+    finally:
+        receiver.close()
+    assert [a["result"] for a in receiver.received if a["type"] == "alert"] == ["breaker_open", "ok"]
     wd.stop()
 
 
