@@ -974,7 +974,7 @@ class Watchdog:
     def _cleanup(self, mounts, now):
         import psutil  # pylint: disable=import-outside-toplevel
         before = dict((m, psutil.disk_usage(m).free) for m in mounts)
-        report = clean_paths(self.cfg.clean, now)
+        report = clean_paths(self.cfg.clean)  # ages as of the deletion: a file written since the tick counts
         after = dict((m, psutil.disk_usage(m)) for m in mounts)
         report.update(at=_when(now), mounts=mounts,
                       freed=dict((m, max(0, after[m].free - before[m])) for m in mounts),
@@ -1004,7 +1004,7 @@ class Watchdog:
             self.disk["retention_job"] = self.pool.submit(self._guard, self._retain, due, now)
 
     def _retain(self, rules, now):
-        report = clean_paths(rules, now)
+        report = clean_paths(rules)
         report.update(at=_when(now), roots=[r.root for r in rules])
         self.disk["last_retention"] = report
         if report["files"] or report["errors"]:
