@@ -255,13 +255,14 @@ def load_config(path):
 
 # ------------------------------------------------------------------------------------ disk cleanup
 
-def clean_paths(rules, now=None):
+def clean_paths(rules):
     """Delete the regular files the rules select. Never follows a symlink (a linked directory is not
-    entered, a linked file is not touched) and never leaves a rule's root.
+    entered, a linked file is not touched) and never leaves a rule's root. A file's age is taken as of
+    now, when it is deleted.
 
     Returns ``{files, bytes, removed (first 20 paths), errors}``; ``bytes`` counts allocated blocks.
     """
-    now = time.time() if now is None else now
+    now = time.time()
     report = {"files": 0, "bytes": 0, "removed": [], "errors": []}
     for rule in rules:
         root = os.path.realpath(rule.root)
@@ -974,7 +975,7 @@ class Watchdog:
     def _cleanup(self, mounts, now):
         import psutil  # pylint: disable=import-outside-toplevel
         before = dict((m, psutil.disk_usage(m).free) for m in mounts)
-        report = clean_paths(self.cfg.clean)  # ages as of the deletion: a file written since the tick counts
+        report = clean_paths(self.cfg.clean)
         after = dict((m, psutil.disk_usage(m)) for m in mounts)
         report.update(at=_when(now), mounts=mounts,
                       freed=dict((m, max(0, after[m].free - before[m])) for m in mounts),
